@@ -1,0 +1,1 @@
+"""Shipped model weights (safetensors) and their model cards; installed as vaecodec.weights."""

@@ -1,0 +1,111 @@
+"""`vaecodec train` and `vaecodec export`: training runs that resume exactly, and the shipped artefacts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from click.core import ParameterSource
+
+from .errors import VaecodecError
+
+TRAIN_OPTIONS = ("steps", "batch_size", "crop", "lr", "warmup", "lr_drop_step", "seed", "workers",
+                 "val_every", "ckpt_every", "log_every", "device", "compile", "bf16")
+
+
+@click.command()
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), help="Export the final weights here (models/NAME).")
+@click.option("--run-dir", type=click.Path(path_type=Path), help="Checkpoints and logs (default: runs/NAME).")
+@click.option("--steps", type=click.IntRange(1), default=100_000, show_default=True, help="Total steps.")
+@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--crop", type=click.IntRange(64), default=256, show_default=True)
+@click.option("--lr", type=float, default=1e-4, show_default=True)
+@click.option("--warmup", type=click.IntRange(0), default=200, show_default=True)
+@click.option("--lr-drop-step", type=click.IntRange(0), default=0, show_default=True,
+              help="Multiply the learning rate by 0.1 from this step on (0: never).")
+@click.option("--lambdas", help="Comma-separated trade-offs (default: 8 values from 0.0018 to 0.18).")
+@click.option("--N", "n_ch", type=click.IntRange(8), default=128, show_default=True, help="Transform width.")
+@click.option("--M", "m_ch", type=click.IntRange(8), default=192, show_default=True, help="Latent channels.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--workers", type=click.IntRange(1), default=2, show_default=True, help="Image decoding threads.")
+@click.option("--val-every", type=click.IntRange(1), default=1000, show_default=True)
+@click.option("--ckpt-every", type=click.IntRange(1), default=200, show_default=True)
+@click.option("--log-every", type=click.IntRange(1), default=50, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 ...")
+@click.option("--compile/--no-compile", default=True, show_default=True, help="torch.compile the model.")
+@click.option("--bf16/--no-bf16", default=True, show_default=True, help="bfloat16 autocast on CPU.")
+@click.option("--init", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="Start from these weights (.safetensors model or .pt checkpoint), e.g. to fine-tune.")
+@click.option("--resume", is_flag=True, help="Continue from the run's latest checkpoint.")
+@click.pass_context
+def train(ctx, data_dir, out, run_dir, lambdas, n_ch, m_ch, init, resume, **opts):
+    """Train (or fine-tune) a model on a folder of images."""
+    import torch
+
+    from .network import DEFAULT_LAMBDAS
+    from .train import TrainConfig, checkpoint_path
+    from .train import train as run_training
+
+    name = out.stem if out else "model"
+    run_dir = run_dir or Path("runs") / name
+    if resume:
+        ckpt = checkpoint_path(run_dir)
+        if not ckpt.exists():
+            raise VaecodecError(f"nothing to resume in {run_dir} (no last.pt)")
+        saved = torch.load(ckpt, map_location="cpu", weights_only=False)["train_config"]
+        cfg = TrainConfig(**{**saved, "lambdas": tuple(saved["lambdas"])})
+        for key in TRAIN_OPTIONS:  # options given explicitly on this command line win
+            if ctx.get_parameter_source(key) == ParameterSource.COMMANDLINE:
+                setattr(cfg, key, opts[key])
+        cfg.data_dir, cfg.run_dir = str(data_dir), str(run_dir)
+    else:
+        if (run_dir / "last.pt").exists():
+            raise VaecodecError(f"{run_dir} already holds a run; pass --resume or another --run-dir")
+        lam = tuple(float(x) for x in lambdas.split(",")) if lambdas else DEFAULT_LAMBDAS
+        cfg = TrainConfig(data_dir=str(data_dir), run_dir=str(run_dir), N=n_ch, M=m_ch, lambdas=lam,
+                          init=str(init) if init else None, **opts)
+    if not Path(cfg.data_dir).is_dir():
+        raise VaecodecError(f"{cfg.data_dir}: training folder not found")
+    ckpt = run_training(cfg, resume=resume)
+    if out:
+        _export(ckpt, out.with_suffix(".safetensors"), out.stem, half=True)
+
+
+def _export(ckpt: Path, out: Path, name: str, half: bool) -> None:
+    import torch
+
+    from .model_io import export_model
+    from .network import GainedHyperprior, ModelConfig
+
+    if ckpt.is_dir():
+        ckpt = ckpt / "last.pt"
+    if not ckpt.is_file():
+        raise VaecodecError(f"{ckpt}: no checkpoint there")
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    model = GainedHyperprior(ModelConfig.from_dict(state["model_config"]))
+    model.load_state_dict(state["model"])
+    info = {
+        "steps": int(state["step"]),
+        "train_seconds": round(float(state["elapsed_seconds"])),
+        "train_config": state["train_config"],
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+    fp = export_model(model, out, name, half=half, extra_meta={"training": info})
+    card = out.with_suffix(".json")
+    card.write_text(json.dumps({"name": name, "fingerprint": fp, "architecture": model.config.to_dict(),
+                                **info}, indent=1) + "\n")
+    click.echo(f"exported {out} ({out.stat().st_size / 1e6:.1f} MB, fingerprint {fp[:16]}) and {card}")
+
+
+@click.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path, exists=True))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="Model file to write (NAME.safetensors; a NAME.json card goes beside it).")
+@click.option("--name", help="Model name stored in .vae files (default: the output's stem).")
+@click.option("--fp32", is_flag=True, help="Keep transform weights in float32 instead of float16.")
+def export(checkpoint, output, name, fp32):
+    """Export a training checkpoint (or run folder) into a shipped model file plus its card."""
+    output = output.with_suffix(".safetensors")
+    _export(checkpoint, output, name or output.stem, half=not fp32)

@@ -1,0 +1,74 @@
+"""Training data: every image decoded once into memory, random crops with flips and 90-degree turns."""
+
+from __future__ import annotations
+
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm"}
+
+
+def list_images(root: str | Path) -> list[Path]:
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"training folder not found: {root}")
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def is_validation(path: Path, percent: float) -> bool:
+    """Stable split by file name, so the validation set never changes between runs or machines."""
+    h = int(hashlib.sha1(path.name.encode()).hexdigest()[:8], 16)
+    return (h % 10000) < percent * 100
+
+
+def split_images(paths: list[Path], val_percent: float) -> tuple[list[Path], list[Path]]:
+    train = [p for p in paths if not is_validation(p, val_percent)]
+    val = [p for p in paths if is_validation(p, val_percent)]
+    return train, val
+
+
+def _load(path: Path) -> torch.Tensor:
+    with Image.open(path) as im:
+        arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def load_images(paths: list[Path], workers: int = 2) -> list[torch.Tensor]:
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        return list(pool.map(_load, paths))
+
+
+class CropSampler:
+    """Draws batches of random crops (with random flips and 90-degree rotations) from decoded images."""
+
+    def __init__(self, images: list[torch.Tensor], crop: int, generator: torch.Generator):
+        if not images:
+            raise ValueError("no training images")
+        self.images = images
+        self.crop = crop
+        self.gen = generator
+
+    def _randint(self, high: int) -> int:
+        return int(torch.randint(0, max(1, high), (1,), generator=self.gen))
+
+    def sample(self, batch: int) -> torch.Tensor:
+        out = torch.empty(batch, 3, self.crop, self.crop, dtype=torch.uint8)
+        for i in range(batch):
+            img = self.images[self._randint(len(self.images))]
+            _, h, w = img.shape
+            if h < self.crop or w < self.crop:
+                ph, pw = max(0, self.crop - h), max(0, self.crop - w)
+                img = torch.nn.functional.pad(img[None].float(), (0, pw, 0, ph), mode="replicate")[0].byte()
+                _, h, w = img.shape
+            top, left = self._randint(h - self.crop + 1), self._randint(w - self.crop + 1)
+            patch = img[:, top : top + self.crop, left : left + self.crop]
+            if self._randint(2):
+                patch = patch.flip(2)
+            patch = torch.rot90(patch, self._randint(4), dims=(1, 2))
+            out[i] = patch
+        return out.float().div_(255.0)

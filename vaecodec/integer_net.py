@@ -1,0 +1,96 @@
+"""Exact fixed-point re-evaluation of the hyper-synthesis (Ballé et al. 2019, "Integer networks").
+
+Everything that decides a probability must be bit-identical in encoder and decoder on any machine. Float
+convolutions are not (summation order, SIMD width, Winograd). Here weights and activations are integers,
+the convolutions run in float64 on the CPU as plain sums of products of integers whose every partial sum
+stays below 2**53 (so any summation order gives the same exact integer), and rescaling is a division by a
+power of two followed by floor, which is exact too.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+ACT_BITS = 8  # activations carry 8 fractional bits
+WEIGHT_MAX = 2**14  # largest integer weight magnitude
+EXACT_LIMIT = 2.0**52
+
+
+class IntegerLayer:
+    """One conv or transposed conv with integer weights/bias and a per-output-channel power-of-two shift.
+
+    out_int = floor((conv(x_int, w_int) + b_int) / 2**shift[c] + 1/2), optionally ReLU'd;
+    x_int carries ACT_BITS fractional bits, w_int carries shift[c] fractional bits, so out_int does too.
+    """
+
+    def __init__(self, kind: str, weight: np.ndarray, bias: np.ndarray, shift: np.ndarray, stride: int,
+                 padding: int, output_padding: int, relu: bool):
+        self.kind, self.stride, self.padding, self.output_padding, self.relu = (
+            kind, stride, padding, output_padding, relu)
+        self.weight = torch.from_numpy(np.asarray(weight, dtype=np.float64))
+        self.bias = torch.from_numpy(np.asarray(bias, dtype=np.float64))
+        self.divisor = torch.from_numpy(2.0 ** np.asarray(shift, dtype=np.float64)).view(1, -1, 1, 1)
+        self.shift = np.asarray(shift, dtype=np.int64)
+        wsum = self.weight.abs().sum(dim=(0, 2, 3) if kind == "deconv" else (1, 2, 3)).max()
+        self.weight_l1 = float(wsum)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        bound = float(x.abs().max()) * self.weight_l1 + float(self.bias.abs().max()) if x.numel() else 0.0
+        if bound >= EXACT_LIMIT:
+            raise OverflowError("integer hyper-synthesis would leave the exact float64 range")
+        if self.kind == "deconv":
+            acc = F.conv_transpose2d(x, self.weight, None, self.stride, self.padding, self.output_padding)
+        else:
+            acc = F.conv2d(x, self.weight, None, self.stride, self.padding)
+        acc = acc + self.bias.view(1, -1, 1, 1)
+        out = torch.floor(acc / self.divisor + 0.5)
+        return out.clamp_min(0) if self.relu else out
+
+
+def quantize_layer(layer: nn.Module, relu: bool) -> dict:
+    """Integer weights for one float layer, choosing per output channel the largest exact shift."""
+    w = layer.weight.detach().double().cpu().numpy()
+    b = layer.bias.detach().double().cpu().numpy()
+    out_axis = 1 if isinstance(layer, nn.ConvTranspose2d) else 0
+    wmax = np.abs(np.moveaxis(w, out_axis, 0)).reshape(w.shape[out_axis], -1).max(axis=1)
+    shift = np.floor(np.log2(WEIGHT_MAX / np.maximum(wmax, 1e-12))).astype(np.int64)
+    shift = np.clip(shift, 0, 30)
+    shape = [1] * w.ndim
+    shape[out_axis] = -1
+    w_int = np.round(w * (2.0 ** shift).reshape(shape))
+    b_int = np.round(b * 2.0 ** (shift + ACT_BITS))
+    kind = "deconv" if isinstance(layer, nn.ConvTranspose2d) else "conv"
+    return {
+        "kind": kind, "weight": w_int.astype(np.int32), "bias": b_int.astype(np.int64), "shift": shift,
+        "stride": layer.stride[0], "padding": layer.padding[0],
+        "output_padding": layer.output_padding[0] if kind == "deconv" else 0, "relu": relu,
+    }
+
+
+def quantize_sequential(seq: nn.Sequential) -> list[dict]:
+    mods = list(seq)
+    layers = []
+    for i, m in enumerate(mods):
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            relu = i + 1 < len(mods) and isinstance(mods[i + 1], nn.ReLU)
+            layers.append(quantize_layer(m, relu))
+        elif not isinstance(m, nn.ReLU):
+            raise TypeError(f"no exact integer form for {type(m).__name__}")
+    return layers
+
+
+class IntegerNet:
+    """The integer hyper-synthesis: integer symbols in, means and scales with ACT_BITS fraction bits out."""
+
+    def __init__(self, layers: list[dict]):
+        self.layers = [IntegerLayer(**spec) for spec in layers]
+
+    @torch.no_grad()
+    def __call__(self, z_symbols: torch.Tensor) -> torch.Tensor:
+        x = z_symbols.to(torch.float64).cpu() * 2.0**ACT_BITS
+        for layer in self.layers:  # float64 convolutions on the CPU never take oneDNN/Winograd paths
+            x = layer(x)
+        return x  # integer-valued float64, ACT_BITS fractional bits

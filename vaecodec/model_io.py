@@ -1,0 +1,183 @@
+"""Shipped model files: export a trained network with its integer hyper-synthesis and coding tables into
+one safetensors file, and load it back (no pickle) into the pieces the codec needs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.numpy import load_file as np_load_file
+from safetensors.numpy import save_file as np_save_file
+
+from .entropy_models import factorized_tables, gaussian_tables, scale_table
+from .errors import ModelFileError
+from .integer_net import ACT_BITS, IntegerNet, quantize_sequential
+from .network import GainedHyperprior, ModelConfig
+from .range_coding import Table
+
+FILE_FORMAT = "vaecodec-model-1"
+DEFAULT_MODEL_NAME = "hp1"
+FLOAT_PREFIX = "float."
+
+
+def default_model_path() -> Path:
+    """The shipped default model, found in an installed package or in a source checkout."""
+    name = f"{DEFAULT_MODEL_NAME}.safetensors"
+    try:
+        p = Path(str(resources.files("vaecodec.weights") / name))
+        if p.exists():
+            return p
+    except (ModuleNotFoundError, TypeError):
+        pass
+    return Path(__file__).resolve().parent.parent / "models" / name
+
+
+def _fingerprint(arrays: dict[str, np.ndarray], meta: dict[str, str]) -> str:
+    h = hashlib.sha256()
+    for key in sorted(arrays):
+        a = np.ascontiguousarray(arrays[key])
+        h.update(key.encode() + b"\0" + str(a.dtype).encode() + str(a.shape).encode())
+        h.update(a.tobytes())
+    for key in sorted(meta):
+        if key != "fingerprint":
+            h.update(key.encode() + b"\0" + meta[key].encode())
+    return h.hexdigest()
+
+
+def export_model(model: GainedHyperprior, path: str | Path, name: str, half: bool = True,
+                 extra_meta: dict | None = None) -> str:
+    """Write weights (fp16 for the float transforms), integer h_s, and all entropy tables. Returns fingerprint."""
+    model = model.eval().cpu()
+    arrays: dict[str, np.ndarray] = {}
+    for key, value in model.state_dict().items():
+        if key.startswith("h_s."):
+            continue  # stored once, as the exact integer network (float weights are rebuilt from it)
+        v = value.detach().float()
+        keep_fp32 = key.startswith(("log_gain", "log_inv_gain", "density_z"))
+        arrays[FLOAT_PREFIX + key] = (v if (keep_fp32 or not half) else v.half()).numpy()
+    int_layers = quantize_sequential(model.h_s)
+    layer_meta = []
+    for i, spec in enumerate(int_layers):
+        arrays[f"int.h_s.{i}.weight"] = spec["weight"].astype(np.int16)
+        arrays[f"int.h_s.{i}.bias"] = spec["bias"]
+        arrays[f"int.h_s.{i}.shift"] = spec["shift"]
+        layer_meta.append({k: spec[k] for k in ("kind", "stride", "padding", "output_padding", "relu")})
+    scales = scale_table()
+    y_freq, y_radius = gaussian_tables(scales)
+    arrays["tables.y.freq"] = y_freq
+    arrays["tables.y.radius"] = y_radius
+    arrays["tables.y.threshold"] = np.ceil(scales * 2**ACT_BITS).astype(np.int64)
+    z_freq, z_lo, z_hi = factorized_tables(model.density_z)
+    arrays["tables.z.freq"] = z_freq
+    arrays["tables.z.lo"] = z_lo
+    arrays["tables.z.hi"] = z_hi
+    meta = {
+        "format": FILE_FORMAT,
+        "name": name,
+        "config": json.dumps(model.config.to_dict()),
+        "int_layers": json.dumps(layer_meta),
+        "act_bits": str(ACT_BITS),
+    }
+    for k, v in (extra_meta or {}).items():
+        meta[k] = json.dumps(v)
+    meta["fingerprint"] = _fingerprint(arrays, meta)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    np_save_file(arrays, str(tmp), metadata=meta)
+    tmp.chmod(0o644)
+    tmp.replace(path)
+    return meta["fingerprint"]
+
+
+def _read_metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        return dict(f.metadata() or {})
+
+
+def load_float_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """The float network weights of a shipped model (fp32), e.g. to fine-tune from it."""
+    return _float_state(np_load_file(str(path)), json.loads(_read_metadata(Path(path))["int_layers"]))
+
+
+def _float_state(arrays: dict[str, np.ndarray], layer_meta: list[dict]) -> dict[str, torch.Tensor]:
+    """Float weights of every layer; h_s's come back from its integer form (14-bit exact)."""
+    state = {k[len(FLOAT_PREFIX):]: torch.from_numpy(v.astype(np.float32))
+             for k, v in arrays.items() if k.startswith(FLOAT_PREFIX)}
+    conv_index = 0
+    for i, lm in enumerate(layer_meta):
+        w = arrays[f"int.h_s.{i}.weight"].astype(np.float64)
+        shift = arrays[f"int.h_s.{i}.shift"].astype(np.float64)
+        out_axis = 1 if lm["kind"] == "deconv" else 0
+        shape = [1] * w.ndim
+        shape[out_axis] = -1
+        w = w / (2.0**shift).reshape(shape)
+        b = arrays[f"int.h_s.{i}.bias"].astype(np.float64) / 2.0 ** (shift + ACT_BITS)
+        state[f"h_s.{conv_index}.weight"] = torch.from_numpy(w.astype(np.float32))
+        state[f"h_s.{conv_index}.bias"] = torch.from_numpy(b.astype(np.float32))
+        conv_index += 2 if lm["relu"] else 1
+    return state
+
+
+@dataclass
+class LoadedModel:
+    """Everything encode/decode needs: float transforms, exact h_s, tables, and identity."""
+
+    name: str
+    fingerprint: str
+    config: ModelConfig
+    network: GainedHyperprior
+    h_s_int: IntegerNet
+    y_tables: list[Table]
+    y_thresholds: np.ndarray
+    z_tables: list[Table]
+    path: Path
+    meta: dict
+
+    @property
+    def fingerprint_bytes(self) -> bytes:
+        return bytes.fromhex(self.fingerprint[:16])
+
+
+def load_model(path: str | Path | None = None) -> LoadedModel:
+    path = Path(path) if path is not None else default_model_path()
+    if not path.is_file():
+        raise ModelFileError(f"model file not found: {path}")
+    try:
+        meta = _read_metadata(path)
+        arrays = np_load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelFileError(f"not a vaecodec model file: {path} ({exc})") from None
+    if meta.get("format") != FILE_FORMAT:
+        raise ModelFileError(f"not a vaecodec model file (format {meta.get('format')!r}): {path}")
+    if _fingerprint(arrays, meta) != meta.get("fingerprint"):
+        raise ModelFileError(f"model file is damaged or was modified (fingerprint mismatch): {path}")
+    try:
+        config = ModelConfig.from_dict(json.loads(meta["config"]))
+        network = GainedHyperprior(config)
+        layer_meta = json.loads(meta["int_layers"])
+        network.load_state_dict(_float_state(arrays, layer_meta))
+        network.eval()
+        h_s_int = IntegerNet([
+            dict(lm, weight=arrays[f"int.h_s.{i}.weight"], bias=arrays[f"int.h_s.{i}.bias"],
+                 shift=arrays[f"int.h_s.{i}.shift"]) for i, lm in enumerate(layer_meta)
+        ])
+        y_freq, y_radius = arrays["tables.y.freq"], arrays["tables.y.radius"]
+        y_tables = [Table(y_freq[k], -int(r), int(r)) for k, r in enumerate(y_radius)]
+        z_freq, z_lo, z_hi = arrays["tables.z.freq"], arrays["tables.z.lo"], arrays["tables.z.hi"]
+        z_tables = [Table(z_freq[c], int(z_lo[c]), int(z_hi[c])) for c in range(len(z_lo))]
+        if len(z_tables) != config.N or int(meta.get("act_bits", "-1")) != ACT_BITS:
+            raise ValueError("tables do not match the architecture")
+    except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelFileError(f"model file does not match vaecodec's architecture: {path} ({msg})") from None
+    return LoadedModel(meta["name"], meta["fingerprint"], config, network, h_s_int, y_tables,
+                       arrays["tables.y.threshold"], z_tables, path, meta)

@@ -1,0 +1,125 @@
+"""The variable-rate mean-scale hyperprior (Minnen et al. 2018) with asymmetric gain units (Cui et al. 2021).
+
+One network covers every rate: a gain vector scales the latents before quantization and an inverse gain
+undoes it after, one learned pair per trained trade-off lambda, interpolated in the log domain between them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from .entropy_models import FactorizedDensity, gaussian_likelihood
+from .layers import GDN, conv, deconv
+
+DEFAULT_LAMBDAS = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.18)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture hyper-parameters; stored in checkpoints and shipped model files."""
+
+    arch: str = "gained-mean-scale-hyperprior"
+    N: int = 128
+    M: int = 192
+    lambdas: tuple[float, ...] = field(default=DEFAULT_LAMBDAS)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["lambdas"] = list(self.lambdas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        d = dict(d)
+        d["lambdas"] = tuple(float(x) for x in d["lambdas"])
+        return cls(**d)
+
+
+STRIDE = 64  # total downsampling from pixels to the hyper-latent
+
+
+def ste_round(x: torch.Tensor) -> torch.Tensor:
+    """Round in the forward pass, identity gradient in the backward pass."""
+    return x + (torch.round(x) - x).detach()
+
+
+def quality_position(quality: float, levels: int) -> float:
+    """Map quality 1..100 linearly onto the continuous position 0..levels-1 among the trained lambdas."""
+    q = min(max(float(quality), 1.0), 100.0)
+    return (q - 1.0) / 99.0 * (levels - 1)
+
+
+class GainedHyperprior(nn.Module):
+    def __init__(self, config: ModelConfig | None = None):
+        super().__init__()
+        self.config = config = config or ModelConfig()
+        N, M, L = config.N, config.M, len(config.lambdas)
+        self.g_a = nn.Sequential(
+            conv(3, N), GDN(N), conv(N, N), GDN(N), conv(N, N), GDN(N), conv(N, M)
+        )
+        self.g_s = nn.Sequential(
+            deconv(M, N), GDN(N, inverse=True), deconv(N, N), GDN(N, inverse=True),
+            deconv(N, N), GDN(N, inverse=True), deconv(N, 3),
+        )
+        self.h_a = nn.Sequential(
+            conv(M, N, 3, 1), nn.LeakyReLU(inplace=True), conv(N, N), nn.LeakyReLU(inplace=True), conv(N, N)
+        )
+        # Only Conv/ConvTranspose/ReLU here: this path is re-evaluated in exact integer arithmetic.
+        self.h_s = nn.Sequential(
+            deconv(N, M), nn.ReLU(), deconv(M, M * 3 // 2), nn.ReLU(), conv(M * 3 // 2, 2 * M, 3, 1)
+        )
+        self.density_z = FactorizedDensity(N)
+        lam = torch.tensor(config.lambdas, dtype=torch.float64)
+        init = 0.5 * torch.log(lam / lam.sqrt().prod() ** (2.0 / L)).float()  # gain ~ sqrt(lambda)
+        self.log_gain = nn.Parameter(init[:, None].repeat(1, M))
+        self.log_inv_gain = nn.Parameter(-init[:, None].repeat(1, M))
+        self.register_buffer("lambdas", lam.float(), persistent=False)
+
+    # --- gains ------------------------------------------------------------------------------------------
+    def gains_at(self, position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gain, inverse gain), each (B, M, 1, 1), at continuous positions (B,) among the lambdas."""
+        L = self.log_gain.shape[0]
+        position = position.clamp(0, L - 1)
+        lo = position.floor().long().clamp(max=L - 2) if L > 1 else position.long()
+        frac = (position - lo.to(position.dtype))[:, None]
+        if L > 1:
+            lg = self.log_gain[lo] * (1 - frac) + self.log_gain[lo + 1] * frac
+            lig = self.log_inv_gain[lo] * (1 - frac) + self.log_inv_gain[lo + 1] * frac
+        else:
+            lg, lig = self.log_gain[lo], self.log_inv_gain[lo]
+        return lg.exp()[:, :, None, None], lig.exp()[:, :, None, None]
+
+    # --- training forward -------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, level: torch.Tensor, autocast: bool = False) -> dict:
+        """Noisy-quantization forward pass for training; level is an integer lambda index per sample."""
+        gain, inv_gain = self.gains_at(level.float())
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            y = self.g_a(x)
+        y = y.float() * gain
+        z = self.h_a(y)
+        z_lik = self.density_z.likelihood(z + torch.empty_like(z).uniform_(-0.5, 0.5))
+        params = self.h_s(ste_round(z))
+        scales, means = params.chunk(2, dim=1)
+        noisy = y + torch.empty_like(y).uniform_(-0.5, 0.5)
+        y_lik = gaussian_likelihood(noisy - means, scales)
+        y_hat = (ste_round(y - means) + means) * inv_gain
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            x_hat = self.g_s(y_hat)
+        return {"x_hat": x_hat.float(), "y_lik": y_lik, "z_lik": z_lik}
+
+    @torch.no_grad()
+    def estimate(self, x: torch.Tensor, position: float) -> dict:
+        """Hard-quantized pass (no coder): reconstruction and the model's own bit estimate."""
+        pos = torch.full((x.shape[0],), float(position))
+        gain, inv_gain = self.gains_at(pos)
+        y = self.g_a(x) * gain
+        z_hat = torch.round(self.h_a(y))
+        z_lik = self.density_z.likelihood(z_hat)
+        scales, means = self.h_s(z_hat).chunk(2, dim=1)
+        q = torch.round(y - means)
+        y_lik = gaussian_likelihood(q, scales)
+        x_hat = self.g_s((q + means) * inv_gain)
+        return {"x_hat": x_hat, "y_lik": y_lik, "z_lik": z_lik}

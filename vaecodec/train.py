@@ -1,0 +1,239 @@
+"""Rate-distortion training of the variable-rate model, resumable at any step and DDP-ready.
+
+Loss per sample: bpp + lambda * 255^2 * MSE, with the lambda index drawn per sample from the trained set.
+Checkpoints (model + optimizer + RNG + step) go to a run folder outside git; `vaecodec export` turns one
+into the shipped artefacts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from .data import CropSampler, list_images, load_images, split_images
+from .network import DEFAULT_LAMBDAS, GainedHyperprior, ModelConfig
+
+
+@dataclass
+class TrainConfig:
+    data_dir: str
+    run_dir: str
+    steps: int = 100_000
+    batch_size: int = 8
+    crop: int = 256
+    lr: float = 1e-4
+    warmup: int = 200
+    lr_drop_step: int = 0  # multiply lr by 0.1 from this step on (0: never)
+    clip_grad: float = 1.0
+    seed: int = 0
+    workers: int = 2
+    val_percent: float = 2.0
+    log_every: int = 50
+    val_every: int = 1000
+    ckpt_every: int = 200
+    compile: bool = True
+    bf16: bool = True
+    device: str = "cpu"
+    N: int = 128
+    M: int = 192
+    lambdas: tuple[float, ...] = field(default=DEFAULT_LAMBDAS)
+    init: str | None = None  # weights to start from (checkpoint or shipped model)
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
+    if cfg.lr_drop_step and step >= cfg.lr_drop_step:
+        lr *= 0.1
+    return lr
+
+
+def rd_loss(out: dict, x: torch.Tensor, lam: torch.Tensor) -> dict:
+    num_px = x.shape[2] * x.shape[3]
+    bits_y = -torch.log2(out["y_lik"]).flatten(1).sum(1)
+    bits_z = -torch.log2(out["z_lik"]).flatten(1).sum(1)
+    bpp = (bits_y + bits_z) / num_px
+    mse = (out["x_hat"] - x).pow(2).flatten(1).mean(1)
+    loss = (bpp + lam * 255.0**2 * mse).mean()
+    return {"loss": loss, "bpp": bpp.mean(), "mse": mse.mean()}
+
+
+def _distributed() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and os.environ.get("VAECODEC_DDP_BACKEND") != "gloo" else "gloo"
+        dist.init_process_group(backend=backend)
+    rank = dist.get_rank() if world > 1 else 0
+    return rank, world
+
+
+def checkpoint_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "last.pt"
+
+
+def save_checkpoint(path: Path, model, optimizer, step: int, cfg: TrainConfig, elapsed: float, gen) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "train_config": asdict(cfg),
+            "model_config": model.config.to_dict(),
+            "elapsed_seconds": elapsed,
+            "sampler_rng": gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        },
+        tmp,
+    )
+    os.replace(tmp, path)
+
+
+def load_init_weights(model: GainedHyperprior, path: str) -> None:
+    """Start from a checkpoint (.pt) or a shipped model (.safetensors)."""
+    if path.endswith(".safetensors"):
+        from .model_io import load_float_state
+
+        state = load_float_state(path)
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)["model"]
+    model.load_state_dict(state)
+
+
+@torch.no_grad()
+def validate(model: GainedHyperprior, images: list[torch.Tensor], levels: list[int]) -> dict:
+    model.eval()
+    result = {}
+    for level in levels:
+        bpps, psnrs = [], []
+        for img in images:
+            x = img[None].float() / 255.0
+            h, w = x.shape[2] // 64 * 64, x.shape[3] // 64 * 64
+            x = x[:, :, :h, :w]
+            out = model.estimate(x, level)
+            bits = -torch.log2(out["y_lik"]).sum() - torch.log2(out["z_lik"]).sum()
+            bpps.append(float(bits) / (h * w))
+            mse = float((out["x_hat"].clamp(0, 1) * 255).round().sub(x * 255).pow(2).mean())
+            psnrs.append(10 * math.log10(255.0**2 / max(mse, 1e-10)))
+        result[str(level)] = {"bpp": sum(bpps) / len(bpps), "psnr": sum(psnrs) / len(psnrs)}
+    model.train()
+    return result
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> Path:
+    rank, world = _distributed()
+    run_dir = Path(cfg.run_dir)
+    ckpt_file = checkpoint_path(run_dir)
+    state = None
+    if resume:
+        if not ckpt_file.exists():
+            raise FileNotFoundError(f"nothing to resume: {ckpt_file} does not exist")
+        state = torch.load(ckpt_file, map_location="cpu", weights_only=False)
+    torch.manual_seed(cfg.seed + rank)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    device = torch.device(cfg.device)
+
+    if state:
+        model_cfg = ModelConfig.from_dict(state["model_config"])
+    else:
+        model_cfg = ModelConfig(N=cfg.N, M=cfg.M, lambdas=tuple(cfg.lambdas))
+    model = GainedHyperprior(model_cfg).to(device)
+    if state is None and cfg.init:
+        load_init_weights(model, cfg.init)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    step, elapsed = 0, 0.0
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
+    if state:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, elapsed = int(state["step"]), float(state["elapsed_seconds"])
+        if world == 1:
+            gen.set_state(state["sampler_rng"])
+            torch.set_rng_state(state["torch_rng"])
+    model.to(memory_format=torch.channels_last)
+
+    paths = list_images(cfg.data_dir)
+    train_paths, val_paths = split_images(paths, cfg.val_percent)
+    if not train_paths:
+        raise ValueError(f"no training images in {cfg.data_dir}")
+    images = load_images(train_paths, cfg.workers)
+    val_images = load_images(val_paths[:64], cfg.workers)
+    sampler = CropSampler(images, cfg.crop, gen)
+
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model)
+    if cfg.compile:
+        net = torch.compile(net)
+    autocast = cfg.bf16 and device.type == "cpu"
+    L = len(model_cfg.lambdas)
+    lambdas = torch.tensor(model_cfg.lambdas)
+
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with open(run_dir / "config.json", "w") as f:
+            json.dump({"train": asdict(cfg), "model": model_cfg.to_dict()}, f, indent=1)
+    log = open(run_dir / "log.jsonl", "a") if rank == 0 else None
+    bar = tqdm(total=cfg.steps, initial=step, disable=rank != 0, dynamic_ncols=True, desc="train")
+    t_last, acc = time.time(), {"loss": 0.0, "bpp": 0.0, "mse": 0.0, "n": 0}
+    model.train()
+    while step < cfg.steps:
+        for g in optimizer.param_groups:
+            g["lr"] = lr_at(cfg, step)
+        x = sampler.sample(cfg.batch_size).to(device).contiguous(memory_format=torch.channels_last)
+        level = torch.randint(0, L, (cfg.batch_size,), generator=gen)
+        out = net(x, level.to(device), autocast=autocast)
+        terms = rd_loss(out, x, lambdas[level].to(device))
+        optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        if cfg.clip_grad:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+        optimizer.step()
+        step += 1
+        for k in ("loss", "bpp", "mse"):
+            acc[k] += float(terms[k])
+        acc["n"] += 1
+        if rank != 0:
+            continue
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            now = time.time()
+            elapsed += now - t_last
+            n = acc["n"]
+            mse = acc["mse"] / n
+            rec = {
+                "step": step, "loss": acc["loss"] / n, "bpp": acc["bpp"] / n,
+                "psnr": 10 * math.log10(1.0 / max(mse, 1e-12)), "lr": lr_at(cfg, step - 1),
+                "sec_per_step": (now - t_last) / n, "elapsed": round(elapsed, 1),
+            }
+            t_last, acc = now, {"loss": 0.0, "bpp": 0.0, "mse": 0.0, "n": 0}
+            bar.set_postfix(loss=f"{rec['loss']:.3f}", bpp=f"{rec['bpp']:.3f}", psnr=f"{rec['psnr']:.2f}")
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+        if val_images and (step % cfg.val_every == 0 or step == cfg.steps):
+            rec = {"step": step, "val": validate(model, val_images, [0, L // 2, L - 1])}
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+        if step % cfg.ckpt_every == 0 or step == cfg.steps:
+            save_checkpoint(ckpt_file, model, optimizer, step, cfg, elapsed, gen)
+    bar.close()
+    if log:
+        log.close()
+    if world > 1:
+        dist.destroy_process_group()
+    return ckpt_file
+
+
+if __name__ == "__main__":  # minimal entry used before the CLI existed; `vaecodec train` is the real one
+    import sys
+
+    c = TrainConfig(data_dir=sys.argv[1], run_dir=sys.argv[2])
+    train(c, resume=checkpoint_path(c.run_dir).exists())
