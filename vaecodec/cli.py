@@ -178,6 +178,48 @@ def info(inputs, as_json):
         sys.exit(1)
 
 
+@main.command("eval")
+@click.argument("directory", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--qualities", default="5,20,35,50,65,80,92,100", show_default=True, help="vaecodec qualities.")
+@click.option("--compare", default="jpeg,webp,jxl,avif,heic", show_default=True,
+              help="Classical codecs to run beside it ('' for none).")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the full report here.")
+@click.option("--plot", "plot_out", type=click.Path(path_type=Path), help="Write a rate-distortion plot (PNG).")
+@click.option("--baseline", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="Reuse the classical codecs' results from an earlier report on the same images.")
+@click.option("--limit", type=click.IntRange(1), help="Only the first N images.")
+@click.option("-m", "--model", type=click.Path(path_type=Path), help="Model file (default: shipped model).")
+@click.option("--device", type=DEVICE, default="cpu", show_default=True)
+def eval_cmd(directory, qualities, compare, json_out, plot_out, baseline, limit, model, device):
+    """Rate-distortion (bpp, PSNR, MS-SSIM), speed and BD-rates of vaecodec and classical codecs."""
+    from .evaluate import CLASSICAL, format_table, missing_extras, plot, run_eval, save_json
+
+    names = [c.strip() for c in compare.split(",") if c.strip()]
+    unknown = [c for c in names if c not in CLASSICAL]
+    if unknown:
+        raise VaecodecError(f"unknown codec(s) {', '.join(unknown)}; choose from {', '.join(CLASSICAL)}")
+    need = missing_extras(names, plot_out is not None)
+    if need:
+        raise VaecodecError(f"eval needs {', '.join(need)}: pip install 'vaecodec[eval]'")
+    try:
+        qs = [float(q) for q in qualities.split(",")]
+    except ValueError:
+        raise VaecodecError(f"--qualities must be numbers, got {qualities!r}") from None
+    base = None
+    if baseline:
+        base_report = json.loads(baseline.read_text())
+        if base_report.get("images") != (limit or base_report.get("images")):
+            raise VaecodecError(f"{baseline}: made on a different number of images")
+        base = base_report["codecs"]
+    codec = _make_codec(model, device)
+    report = run_eval(directory, codec, qs, names, limit, base)
+    click.echo(format_table(report["codecs"], report["bd_rate"]))
+    if json_out:
+        save_json(report, json_out)
+    if plot_out:
+        plot(report["codecs"], plot_out, f"{directory.name}: {report['images']} images")
+
+
 from .cli_train import export, train  # noqa: E402  (registered below)
 
 main.add_command(train)

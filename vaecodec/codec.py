@@ -29,10 +29,13 @@ DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
 
 @dataclass
 class Symbols:
-    """The integer content of a stream: hyper-latent symbols and latent residuals around their means."""
+    """The integer content of a stream: hyper-latent symbols and latent residuals around their means,
+    with what the exact hyper-synthesis derived from z (kept so it is computed once)."""
 
     z: np.ndarray  # (N, h, w) int64
     y: np.ndarray  # (M, H, W) int64
+    means: np.ndarray  # (M, H, W) float64, multiples of 2**-ACT_BITS
+    scale_index: np.ndarray  # (M, H, W) int64, which y table each latent uses
 
 
 class Codec:
@@ -63,6 +66,8 @@ class Codec:
     def analyse(self, rgb: np.ndarray, quality: float) -> Symbols:
         """Pixels (H, W, 3) uint8 -> integer symbols at the given quality."""
         h, w = rgb.shape[:2]
+        if not rgb.flags.writeable:
+            rgb = rgb.copy()
         x = torch.from_numpy(rgb).to(self.device).permute(2, 0, 1)[None].float().div_(255.0)
         ph, pw = math.ceil(h / STRIDE) * STRIDE, math.ceil(w / STRIDE) * STRIDE
         x = F.pad(x, (0, pw - w, 0, ph - h), mode="replicate")
@@ -70,16 +75,15 @@ class Codec:
         y = self.net.g_a(x) * gain
         z = self.net.h_a(y)
         z_sym = torch.round(z)[0].cpu().to(torch.int64).numpy()
-        means, _ = self._hyper(z_sym, y.shape[2:])
+        means, idx = self._hyper(z_sym, y.shape[2:])
         y_res = np.round(y[0].cpu().double().numpy() - means).astype(np.int64)
-        return Symbols(z_sym, y_res)
+        return Symbols(z_sym, y_res, means, idx)
 
     @torch.inference_mode()
     def synthesize(self, symbols: Symbols, quality: float, size: tuple[int, int]) -> np.ndarray:
         """Integer symbols -> pixels (H, W, 3) uint8."""
-        means, _ = self._hyper(symbols.z, symbols.y.shape[1:])
         _, inv_gain = self._gains(quality)
-        y_hat = torch.from_numpy(symbols.y + means).float().to(self.device)[None] * inv_gain
+        y_hat = torch.from_numpy(symbols.y + symbols.means).float().to(self.device)[None] * inv_gain
         x_hat = self.net.g_s(y_hat)
         w, h = size
         x_hat = x_hat[0, :, :h, :w].clamp_(0, 1).mul_(255).round_().to(torch.uint8)
@@ -89,9 +93,8 @@ class Codec:
         writer = SymbolWriter()
         for c, table in enumerate(self.model.z_tables):
             writer.write(symbols.z[c], table)
-        _, idx = self._hyper(symbols.z, symbols.y.shape[1:])
         for k, table in enumerate(self.model.y_tables):
-            writer.write(symbols.y[idx == k], table)
+            writer.write(symbols.y[symbols.scale_index == k], table)
         return writer.getvalue()
 
     def read_stream(self, payload: bytes, size: tuple[int, int]) -> Symbols:
@@ -103,12 +106,12 @@ class Codec:
         for c, table in enumerate(self.model.z_tables):
             z[c] = reader.read(zh * zw, table).reshape(zh, zw)
         yh, yw = ph // 16, pw // 16
-        _, idx = self._hyper(z, (yh, yw))
+        means, idx = self._hyper(z, (yh, yw))
         y = np.empty(idx.shape, dtype=np.int64)
         for k, table in enumerate(self.model.y_tables):
             mask = idx == k
             y[mask] = reader.read(int(mask.sum()), table)
-        return Symbols(z, y)
+        return Symbols(z, y, means, idx)
 
     # --- public ---------------------------------------------------------------------------------------
     def encode_planes(self, planes: Planes, quality: float = DEFAULT_QUALITY) -> bytes:

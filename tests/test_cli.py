@@ -1,0 +1,112 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import natural_image
+from PIL import Image
+
+from vaecodec.cli import main
+
+
+@pytest.fixture
+def png(tmp_path):
+    p = tmp_path / "photo.png"
+    Image.fromarray(natural_image(70, 50)).save(p)
+    return p
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_encode_decode_info_with_default_names(png, tiny_model_path):
+    r = run("encode", png, "-m", tiny_model_path, "-q", "40")
+    assert r.exit_code == 0, r.output
+    vae = png.with_suffix(".vae")
+    assert vae.exists()
+    png.unlink()
+    r = run("decode", vae, "-m", tiny_model_path)
+    assert r.exit_code == 0, r.output
+    assert Image.open(png).size == (70, 50)
+    r = run("info", vae)
+    assert r.exit_code == 0 and "70x50" in r.output and "quality 40" in r.output
+
+
+def test_existing_output_is_not_overwritten_without_force(png, tiny_model_path, tmp_path):
+    out = tmp_path / "out.vae"
+    out.write_bytes(b"precious")
+    r = run("encode", png, "-o", out, "-m", tiny_model_path)
+    assert r.exit_code != 0 and "already exists" in r.output
+    assert out.read_bytes() == b"precious"
+    r = run("encode", png, "-o", out, "-m", tiny_model_path, "--force")
+    assert r.exit_code == 0 and out.read_bytes()[:4] == b"\x89VAE"
+    assert not list(tmp_path.glob(".*.part"))
+
+
+def test_decode_refuses_to_overwrite_its_input(tmp_path, png, tiny_model_path):
+    vae = tmp_path / "x.vae"
+    assert run("encode", png, "-o", vae, "-m", tiny_model_path).exit_code == 0
+    r = run("decode", vae, "-o", vae, "--format", "PNG", "-m", tiny_model_path, "--force")
+    assert r.exit_code != 0 and vae.read_bytes()[:4] == b"\x89VAE"
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "empty"),
+        (b"\x89PNG\r\n\x1a\n" + b"\0" * 64, "PNG"),
+        (b"\x89VAE\x01\x00\x05", "truncated"),
+    ],
+)
+def test_bad_files_get_one_line_errors(tmp_path, tiny_model_path, content, message):
+    bad = tmp_path / "bad.vae"
+    bad.write_bytes(content)
+    r = run("decode", bad, "-o", tmp_path / "o.png", "-m", tiny_model_path)
+    assert r.exit_code == 1
+    assert message in r.output and r.output.count("\n") == 1 and "Traceback" not in r.output
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_corrupted_and_truncated_real_files(tmp_path, png, tiny_model_path):
+    vae = tmp_path / "x.vae"
+    run("encode", png, "-o", vae, "-m", tiny_model_path)
+    data = vae.read_bytes()
+    for name, content in {"flip": data[:20] + bytes([data[20] ^ 4]) + data[21:], "cut": data[:-7]}.items():
+        p = tmp_path / f"{name}.vae"
+        p.write_bytes(content)
+        r = run("decode", p, "-o", tmp_path / f"{name}.png", "-m", tiny_model_path)
+        assert r.exit_code == 1 and ("damaged" in r.output or "truncated" in r.output)
+
+
+def test_missing_input_and_missing_model(tmp_path, png):
+    r = run("encode", tmp_path / "nope.png", "-o", tmp_path / "a.vae")
+    assert r.exit_code == 1 and "no such file" in r.output
+    r = run("encode", png, "-o", tmp_path / "a.vae", "-m", tmp_path / "nomodel.safetensors")
+    assert r.exit_code == 1 and "model file not found" in r.output
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x00" * 100)
+    r = run("encode", png, "-o", tmp_path / "a.vae", "-m", garbage)
+    assert r.exit_code == 1 and "not a vaecodec model file" in r.output
+
+
+def test_not_an_image_input(tmp_path, tiny_model_path):
+    txt = tmp_path / "notes.png"
+    txt.write_text("just text")
+    r = run("encode", txt, "-m", tiny_model_path)
+    assert r.exit_code == 1 and "not an image" in r.output and not (tmp_path / "notes.vae").exists()
+
+
+def test_module_entry_point_and_version():
+    r = subprocess.run([sys.executable, "-m", "vaecodec", "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and "vaecodec" in r.stdout
+
+
+def test_decode_writes_format_from_extension(tmp_path, png, tiny_model_path):
+    vae = tmp_path / "x.vae"
+    run("encode", png, "-o", vae, "-m", tiny_model_path)
+    r = run("decode", vae, "-o", tmp_path / "x.webp", "-m", tiny_model_path)
+    assert r.exit_code == 0
+    with Image.open(tmp_path / "x.webp") as im:
+        assert im.format == "WEBP" and np.asarray(im).shape == (50, 70, 3)
