@@ -110,3 +110,28 @@ def test_decode_writes_format_from_extension(tmp_path, png, tiny_model_path):
     assert r.exit_code == 0
     with Image.open(tmp_path / "x.webp") as im:
         assert im.format == "WEBP" and np.asarray(im).shape == (50, 70, 3)
+
+
+def test_stdin_stdout_pipe(png, tiny_model_path):
+    enc = subprocess.run([sys.executable, "-m", "vaecodec", "encode", "-", "-o", "-", "-m", str(tiny_model_path)],
+                         input=png.read_bytes(), capture_output=True, timeout=120)
+    assert enc.returncode == 0, enc.stderr
+    assert enc.stdout[:4] == b"\x89VAE"
+    dec = subprocess.run([sys.executable, "-m", "vaecodec", "decode", "-", "-o", "-", "-m", str(tiny_model_path)],
+                         input=enc.stdout, capture_output=True, timeout=120)
+    assert dec.returncode == 0, dec.stderr
+    assert dec.stdout[:4] == b"\x89PNG"
+
+
+def test_errors_from_a_real_process_are_one_line_without_traceback(tmp_path):
+    bad = tmp_path / "x.vae"
+    bad.write_bytes(b"GIF89a" + b"\0" * 30)
+    r = subprocess.run([sys.executable, "-m", "vaecodec", "decode", str(bad)], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert r.stderr.strip().count("\n") == 0 and "GIF" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_shipped_model_is_found_from_any_directory(tmp_path):
+    code = "from vaecodec.model_io import default_model_path as d; p = d(); print(p.exists(), p.stat().st_size)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.startswith("True")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .container import DEFAULT_MAX_PIXELS
 from .errors import VaecodecError
 
 DEVICE = click.Choice(["cpu", "cuda"])
@@ -58,87 +58,100 @@ def main():
     """vaecodec: a learned image codec. Encode images to .vae files and back."""
 
 
+def _batch_options(f):
+    """Options shared by encode and decode."""
+    opts = [
+        click.option("-o", "--output", help="Output file for one input ('-' for stdout), else a directory."),
+        click.option("-r", "--recursive", is_flag=True, help="Recurse into directories (the tree is mirrored)."),
+        click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs."),
+        click.option("--skip-existing", is_flag=True, help="Leave existing outputs alone (resumable runs)."),
+        click.option("-j", "--jobs", type=click.IntRange(1), default=1, show_default=True,
+                     help="Parallel worker processes (each loads the model once)."),
+        click.option("--threads", type=click.IntRange(1), help="Torch threads per worker."),
+        click.option("-m", "--model", type=click.Path(path_type=Path), help="Model file (default: shipped model)."),
+        click.option("--device", type=DEVICE, default="cpu", show_default=True),
+        click.option("--max-pixels", type=click.IntRange(1), default=DEFAULT_MAX_PIXELS, show_default=True,
+                     help="Refuse larger images."),
+        click.option("--strip", is_flag=True, help="Drop ICC profile, EXIF and XMP metadata."),
+        click.option("--json", "as_json", is_flag=True, help="One JSON object per file on stdout."),
+        click.option("-v", "--verbose", is_flag=True, help="Print size, bpp and time per file."),
+        click.option("--quiet", is_flag=True, help="No progress bar, no summary."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _run(mode, inputs, output, recursive, force, skip_existing, jobs, threads, model, device, max_pixels, strip,
+         as_json, verbose, quiet, **extra):
+    from .batch import IMAGE_SUFFIXES, Options, expand_inputs, plan_jobs, result_json, run_batch
+
+    if force and skip_existing:
+        raise VaecodecError("--force and --skip-existing exclude each other")
+    suffixes = IMAGE_SUFFIXES if mode == "encode" else {".vae"}
+    items = expand_inputs(list(inputs), recursive, suffixes)
+    if not items:
+        raise VaecodecError("no input files found")
+    many = len(items) > 1 or any(Path(a).is_dir() for a in inputs if a != "-")
+    suffix = ".vae" if mode == "encode" else "." + (extra.get("fmt") or "png")
+    job_list = plan_jobs(items, output, suffix, many)
+    opts = Options(mode=mode, model=str(model) if model else None, device=device, threads=threads,
+                   keep_metadata=not strip, max_pixels=max_pixels, force=force, skip_existing=skip_existing,
+                   **extra)
+    if jobs > 1 and len(job_list) > 1:
+        from .model_io import load_model
+
+        load_model(opts.model)  # fail once, here, rather than in every worker
+    progress = many and not quiet and sys.stderr.isatty()
+
+    def report(r):
+        if r.status == "failed":
+            msg = r.error if r.error.startswith(r.input) else f"{r.input}: {r.error}"
+            click.echo(f"vaecodec: error: {msg}", err=True)
+        for note in r.notes:
+            click.echo(f"vaecodec: note: {r.input}: {note}", err=True)
+        if as_json:
+            click.echo(result_json(r))
+        elif verbose and r.status == "ok":
+            size = f"{r.width}x{r.height}, {r.bytes} bytes, {r.bpp:.4f} bpp"
+            q = f", q={r.quality:g}" if r.quality is not None else ""
+            click.echo(f"{r.input} -> {r.output}: {size}{q}, {r.seconds:.2f}s", err=True)
+        elif verbose and r.status == "skipped":
+            click.echo(f"{r.input}: skipped ({r.output} exists)", err=True)
+
+    t0 = time.perf_counter()
+    results = run_batch(job_list, opts, jobs, progress, report)
+    failed = sum(r.status == "failed" for r in results)
+    if many and not quiet:
+        done = sum(r.status == "ok" for r in results)
+        skipped = sum(r.status == "skipped" for r in results)
+        click.echo(f"vaecodec: {mode}d {done} file(s), {skipped} skipped, {failed} failed "
+                   f"in {time.perf_counter() - t0:.1f}s", err=True)
+    if failed:
+        sys.exit(1)
+
+
 @main.command()
-@click.argument("input", type=click.Path(path_type=Path, allow_dash=True))
-@click.option("-o", "--output", type=click.Path(path_type=Path, allow_dash=True),
-              help="Output .vae file (default: INPUT with .vae suffix; '-' for stdout).")
+@click.argument("inputs", nargs=-1, required=True)
 @click.option("-q", "--quality", type=click.FloatRange(1, 100), default=75.0, show_default=True,
               help="Quality 1..100, higher is better (fractional values allowed).")
-@click.option("-f", "--force", is_flag=True, help="Overwrite an existing output file.")
-@click.option("-m", "--model", type=click.Path(path_type=Path), help="Model file (default: shipped model).")
-@click.option("--device", type=DEVICE, default="cpu", show_default=True)
-@click.option("--max-pixels", type=click.IntRange(1), default=64 * 1024 * 1024, show_default=True,
-              help="Refuse larger images.")
-@click.option("-v", "--verbose", is_flag=True, help="Print size, bpp and time.")
-def encode(input, output, quality, force, model, device, max_pixels, verbose):
-    """Encode an image (any format Pillow reads) into a .vae file."""
-    from .fileio import check_output, read_input, write_atomic
-    from .imageio import open_image, to_planes
-
-    t0 = time.perf_counter()
-    if output is None:
-        if str(input) == "-":
-            raise VaecodecError("reading stdin needs -o (a file, or '-' for stdout)")
-        output = input.with_suffix(".vae")
-    if str(output) != "-":
-        check_output(output, force, (input,) if str(input) != "-" else ())
-    src = io.BytesIO(read_input(input)) if str(input) == "-" else input
-    planes = to_planes(open_image(src, max_pixels=max_pixels))
-    for notice in planes.notices:
-        click.echo(f"vaecodec: note: {input}: {notice}", err=True)
-    codec = _make_codec(model, device)
-    data = codec.encode_planes(planes, quality)
-    write_atomic(output, data)
-    if verbose:
-        w, h = planes.size
-        click.echo(f"{input} -> {output}: {w}x{h}, {len(data)} bytes, {8 * len(data) / (w * h):.4f} bpp, "
-                   f"q={quality:g}, {time.perf_counter() - t0:.2f}s", err=True)
+@click.option("--target-size", type=click.IntRange(1), help="Highest quality whose file fits in BYTES.")
+@click.option("--target-bpp", type=click.FloatRange(0, min_open=True), help="Highest quality at or under X bpp.")
+@_batch_options
+def encode(inputs, quality, target_size, target_bpp, **kw):
+    """Encode images (files, directories, globs; any format Pillow reads) into .vae files."""
+    if target_size and target_bpp:
+        raise VaecodecError("--target-size and --target-bpp exclude each other")
+    _run("encode", inputs, quality=quality, target_bytes=target_size, target_bpp=target_bpp, **kw)
 
 
 @main.command()
-@click.argument("input", type=click.Path(path_type=Path, allow_dash=True))
-@click.option("-o", "--output", type=click.Path(path_type=Path, allow_dash=True),
-              help="Output image (default: INPUT with .png suffix; '-' for stdout as PNG).")
-@click.option("--format", "fmt", help="Output format (PNG, WEBP, TIFF, BMP, JPEG...; default from the extension).")
-@click.option("-f", "--force", is_flag=True, help="Overwrite an existing output file.")
-@click.option("-m", "--model", type=click.Path(path_type=Path), help="Model file (default: shipped model).")
-@click.option("--device", type=DEVICE, default="cpu", show_default=True)
-@click.option("--max-pixels", type=click.IntRange(1), default=64 * 1024 * 1024, show_default=True,
-              help="Refuse files declaring larger images.")
-@click.option("-v", "--verbose", is_flag=True, help="Print size and time.")
-def decode(input, output, fmt, force, model, device, max_pixels, verbose):
-    """Decode a .vae file into an image."""
-    from .fileio import check_output, read_input, write_atomic
-
-    t0 = time.perf_counter()
-    if output is None:
-        if str(input) == "-":
-            raise VaecodecError("reading stdin needs -o (a file, or '-' for stdout)")
-        output = input.with_suffix(".png")
-    if str(output) != "-":
-        check_output(output, force, (input,) if str(input) != "-" else ())
-    data = read_input(input)
-    codec = _make_codec(model, device)
-    img = codec.decode(data, max_pixels=max_pixels)
-    fmt = fmt or ("PNG" if str(output) == "-" else None)
-    buf = io.BytesIO()
-    try:
-        if fmt is None:
-            from PIL import Image
-
-            ext = output.suffix.lower()
-            fmt = Image.registered_extensions().get(ext)
-            if fmt is None:
-                raise VaecodecError(f"{output}: unknown image extension {ext!r} (use --format)")
-        if fmt.upper() in ("JPEG", "JPG") and img.mode in ("RGBA", "LA"):
-            img = img.convert("RGB" if img.mode == "RGBA" else "L")
-        img.save(buf, format=fmt)
-    except (KeyError, ValueError, OSError) as exc:
-        raise VaecodecError(f"{output}: cannot write as {fmt}: {exc}") from None
-    write_atomic(output, buf.getvalue())
-    if verbose:
-        click.echo(f"{input} -> {output}: {img.size[0]}x{img.size[1]} {img.mode}, "
-                   f"{time.perf_counter() - t0:.2f}s", err=True)
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--format", "fmt", help="Output format (png, webp, tiff, bmp, jpeg...; default from the extension).")
+@_batch_options
+def decode(inputs, fmt, **kw):
+    """Decode .vae files (files, directories, globs) into images."""
+    _run("decode", inputs, fmt=fmt.lower() if fmt else None, **kw)
 
 
 @main.command()

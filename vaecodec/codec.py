@@ -15,16 +15,17 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .container import VaeFile, pack, quantize_quality, unpack
+from .container import DEFAULT_MAX_PIXELS, VaeFile, pack, quantize_quality, unpack
 from .errors import CorruptFileError, ModelMismatchError
-from .imageio import Planes, from_planes, to_planes
+from .imageio import METADATA_CHUNKS, Planes, from_planes, to_planes
 from .integer_net import ACT_BITS
 from .model_io import LoadedModel, load_model
 from .network import STRIDE, quality_position
 from .range_coding import SymbolReader, SymbolWriter
 
 DEFAULT_QUALITY = 75.0
-DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
+Z_LIMIT = 1 << 15  # |z| symbols beyond this are clamped by the encoder and mean a damaged file to the decoder
+Y_LIMIT = 1 << 20  # likewise for latent residuals
 
 
 @dataclass
@@ -44,7 +45,8 @@ class Codec:
     def __init__(self, model: LoadedModel | str | None = None, device: str = "cpu"):
         self.model = model if isinstance(model, LoadedModel) else load_model(model)
         self.device = torch.device(device)
-        self.net = self.model.network.to(self.device).eval()
+        # channels_last makes oneDNN's convolutions markedly faster on CPU; it never touches the symbols' path
+        self.net = self.model.network.to(self.device).eval().to(memory_format=torch.channels_last)
         self.levels = len(self.model.config.lambdas)
 
     # --- internals ------------------------------------------------------------------------------------
@@ -54,7 +56,10 @@ class Codec:
 
     def _hyper(self, z_symbols: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         """Exact means (float64, multiples of 2**-ACT_BITS) and scale-table indices from z symbols."""
-        params = self.model.h_s_int(torch.from_numpy(z_symbols)[None])[0].numpy()
+        try:
+            params = self.model.h_s_int(torch.from_numpy(z_symbols)[None])[0].numpy()
+        except OverflowError:
+            raise CorruptFileError("file is damaged (hyper-latent out of range)") from None
         m = self.model.config.M
         h, w = shape
         scales_int, means_int = params[:m, :h, :w], params[m:, :h, :w]
@@ -63,27 +68,37 @@ class Codec:
         return means_int / float(2**ACT_BITS), idx
 
     @torch.inference_mode()
-    def analyse(self, rgb: np.ndarray, quality: float) -> Symbols:
-        """Pixels (H, W, 3) uint8 -> integer symbols at the given quality."""
+    def latents(self, rgb: np.ndarray) -> torch.Tensor:
+        """Pixels (H, W, 3) uint8 -> analysis-transform output before any gain (quality-independent)."""
         h, w = rgb.shape[:2]
         if not rgb.flags.writeable:
             rgb = rgb.copy()
         x = torch.from_numpy(rgb).to(self.device).permute(2, 0, 1)[None].float().div_(255.0)
         ph, pw = math.ceil(h / STRIDE) * STRIDE, math.ceil(w / STRIDE) * STRIDE
-        x = F.pad(x, (0, pw - w, 0, ph - h), mode="replicate")
+        x = F.pad(x, (0, pw - w, 0, ph - h), mode="replicate").contiguous(memory_format=torch.channels_last)
+        return self.net.g_a(x)
+
+    @torch.inference_mode()
+    def quantize(self, latents: torch.Tensor, quality: float) -> Symbols:
+        """Analysis output -> integer symbols at the given quality."""
         gain, _ = self._gains(quality)
-        y = self.net.g_a(x) * gain
+        y = latents * gain
         z = self.net.h_a(y)
-        z_sym = torch.round(z)[0].cpu().to(torch.int64).numpy()
+        z_sym = torch.round(z).clamp_(-Z_LIMIT, Z_LIMIT)[0].cpu().to(torch.int64).numpy()
         means, idx = self._hyper(z_sym, y.shape[2:])
-        y_res = np.round(y[0].cpu().double().numpy() - means).astype(np.int64)
+        y_res = np.clip(np.round(y[0].cpu().double().numpy() - means), -Y_LIMIT, Y_LIMIT).astype(np.int64)
         return Symbols(z_sym, y_res, means, idx)
+
+    def analyse(self, rgb: np.ndarray, quality: float) -> Symbols:
+        """Pixels (H, W, 3) uint8 -> integer symbols at the given quality."""
+        return self.quantize(self.latents(rgb), quality)
 
     @torch.inference_mode()
     def synthesize(self, symbols: Symbols, quality: float, size: tuple[int, int]) -> np.ndarray:
         """Integer symbols -> pixels (H, W, 3) uint8."""
         _, inv_gain = self._gains(quality)
         y_hat = torch.from_numpy(symbols.y + symbols.means).float().to(self.device)[None] * inv_gain
+        y_hat = y_hat.contiguous(memory_format=torch.channels_last)
         x_hat = self.net.g_s(y_hat)
         w, h = size
         x_hat = x_hat[0, :, :h, :w].clamp_(0, 1).mul_(255).round_().to(torch.uint8)
@@ -105,29 +120,70 @@ class Codec:
         z = np.empty((len(self.model.z_tables), zh, zw), dtype=np.int64)
         for c, table in enumerate(self.model.z_tables):
             z[c] = reader.read(zh * zw, table).reshape(zh, zw)
+        if np.abs(z).max(initial=0) > Z_LIMIT:
+            raise CorruptFileError("file is damaged (hyper-latent out of range)")
         yh, yw = ph // 16, pw // 16
         means, idx = self._hyper(z, (yh, yw))
         y = np.empty(idx.shape, dtype=np.int64)
         for k, table in enumerate(self.model.y_tables):
             mask = idx == k
             y[mask] = reader.read(int(mask.sum()), table)
+        if np.abs(y).max(initial=0) > Y_LIMIT:
+            raise CorruptFileError("file is damaged (latent out of range)")
         return Symbols(z, y, means, idx)
 
     # --- public ---------------------------------------------------------------------------------------
-    def encode_planes(self, planes: Planes, quality: float = DEFAULT_QUALITY) -> bytes:
-        quality = quantize_quality(quality)
-        symbols = self.analyse(planes.rgb, quality)
+    def _pack(self, planes: Planes, quality: float, stream: bytes, chunks: dict) -> bytes:
+        w, h = planes.size
+        return pack(VaeFile(w, h, planes.layout, quality, self.model.name, self.model.fingerprint_bytes,
+                            stream, chunks))
+
+    @staticmethod
+    def _chunks(planes: Planes, keep_metadata: bool) -> dict[bytes, bytes]:
         chunks = {}
         if planes.alpha is not None:
             chunks[b"ALPH"] = zlib.compress(planes.alpha.tobytes(), 9)
-        w, h = planes.size
-        f = VaeFile(w, h, planes.layout, quality, self.model.name, self.model.fingerprint_bytes,
-                    self.write_stream(symbols), chunks)
-        return pack(f)
+        if keep_metadata:
+            chunks.update({tag: data for tag, data in planes.metadata.items() if data})
+        return chunks
 
-    def encode(self, image, quality: float = DEFAULT_QUALITY) -> bytes:
-        """PIL image -> .vae bytes."""
-        return self.encode_planes(to_planes(image), quality)
+    def encode_planes(self, planes: Planes, quality: float = DEFAULT_QUALITY, keep_metadata: bool = True) -> bytes:
+        quality = quantize_quality(quality)
+        stream = self.write_stream(self.analyse(planes.rgb, quality))
+        return self._pack(planes, quality, stream, self._chunks(planes, keep_metadata))
+
+    def encode_to_size(self, planes: Planes, max_bytes: int, keep_metadata: bool = True,
+                       steps: int = 12) -> tuple[bytes, bool]:
+        """The highest quality whose whole file fits in max_bytes (bisection over the continuous quality,
+        the analysis transform run once). Returns (file, fits); if even quality 1 is larger, that file."""
+        latents = self.latents(planes.rgb)
+        chunks = self._chunks(planes, keep_metadata)
+
+        def make(q: float) -> bytes:
+            q = quantize_quality(q)
+            return self._pack(planes, q, self.write_stream(self.quantize(latents, q)), chunks)
+
+        best = make(1.0)
+        if len(best) > max_bytes:
+            return best, False
+        top = make(100.0)
+        if len(top) <= max_bytes:
+            return top, True
+        lo, hi = 1.0, 100.0
+        for _ in range(steps):
+            mid = (lo + hi) / 2
+            data = make(mid)
+            if len(data) <= max_bytes:
+                lo, best = mid, data
+            else:
+                hi = mid
+            if hi - lo < 0.02:
+                break
+        return best, True
+
+    def encode(self, image, quality: float = DEFAULT_QUALITY, keep_metadata: bool = True) -> bytes:
+        """PIL image -> .vae bytes (ICC profile, EXIF and XMP kept unless keep_metadata is False)."""
+        return self.encode_planes(to_planes(image), quality, keep_metadata)
 
     def parse(self, data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> VaeFile:
         f = unpack(data, max_pixels=max_pixels)
@@ -145,7 +201,11 @@ class Codec:
         alpha = None
         if f.layout in ("RGBA", "LA"):
             alpha = _inflate_alpha(f.chunks.get(b"ALPH"), f.width * f.height).reshape(f.height, f.width)
-        return from_planes(rgb, f.layout, alpha)
+        img = from_planes(rgb, f.layout, alpha)
+        for tag, key in METADATA_CHUNKS.items():
+            if tag in f.chunks:
+                img.info[key] = f.chunks[tag]
+        return img
 
 
 def _inflate_alpha(data: bytes | None, size: int) -> np.ndarray:

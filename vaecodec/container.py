@@ -15,6 +15,8 @@ from .errors import CorruptFileError, NotAVaeFileError, UnsupportedVersionError
 MAGIC = b"\x89VAE"
 FORMAT_VERSION = 1
 MAX_DIMENSION = 1 << 20
+# Until tiled transforms exist, the whole image goes through the network at once: keep the default modest.
+DEFAULT_MAX_PIXELS = 4096 * 4096
 
 LAYOUTS = {0: "RGB", 1: "L", 2: "RGBA", 3: "LA"}
 LAYOUT_CODES = {v: k for k, v in LAYOUTS.items()}

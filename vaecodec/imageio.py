@@ -18,12 +18,17 @@ from .errors import InputImageError
 Image.MAX_IMAGE_PIXELS = None  # vaecodec applies its own --max-pixels limit
 
 
+# .vae chunk tag -> key in PIL's image.info (and the save() argument of the same name)
+METADATA_CHUNKS = {b"ICCP": "icc_profile", b"EXIF": "exif", b"XMP ": "xmp"}
+
+
 @dataclass
 class Planes:
     rgb: np.ndarray  # (H, W, 3) uint8; for grayscale all three channels are equal
     layout: str  # RGB, L, RGBA or LA
     alpha: np.ndarray | None = None  # (H, W) uint8
     notices: list[str] = field(default_factory=list)
+    metadata: dict[bytes, bytes] = field(default_factory=dict)  # chunk tag -> bytes
 
     @property
     def size(self) -> tuple[int, int]:
@@ -63,7 +68,29 @@ def _sixteen_to_eight(img: Image.Image) -> np.ndarray:
     return np.clip(np.round(arr * 255.0 / top), 0, 255).astype(np.uint8)
 
 
+def _metadata(img: Image.Image) -> dict[bytes, bytes]:
+    meta = {}
+    for tag, key in METADATA_CHUNKS.items():
+        value = img.info.get(key)
+        if key == "exif" and value is None and img.getexif():
+            value = img.getexif().tobytes()
+        if isinstance(value, str):
+            value = value.encode("utf-8")
+        if isinstance(value, (bytes, bytearray)) and value:
+            meta[tag] = bytes(value)
+    return meta
+
+
 def to_planes(img: Image.Image) -> Planes:
+    """Pixels as 8-bit planes plus the metadata worth keeping (ICC profile, EXIF, XMP)."""
+    planes = _to_planes(img)
+    planes.metadata = _metadata(img)
+    if img.mode == "CMYK":
+        planes.metadata.pop(b"ICCP", None)  # the pixels were converted out of that profile
+    return planes
+
+
+def _to_planes(img: Image.Image) -> Planes:
     notices: list[str] = []
     mode = img.mode
     if mode == "P" or mode == "PA":
@@ -86,7 +113,10 @@ def to_planes(img: Image.Image) -> Planes:
     if mode in ("RGBA", "RGBa"):
         arr = np.asarray(img.convert("RGBA"), dtype=np.uint8)
         return Planes(arr[:, :, :3].copy(), "RGBA", arr[:, :, 3].copy(), notices)
-    if mode != "RGB":
+    if mode == "CMYK" and img.info.get("icc_profile"):
+        img = _cmyk_to_srgb(img)
+        notices.append("CMYK image converted to sRGB through its ICC profile")
+    elif mode != "RGB":
         notices.append(f"{mode} image converted to RGB")
         img = img.convert("RGB")
     return Planes(np.asarray(img, dtype=np.uint8).copy(), "RGB", None, notices)
@@ -99,3 +129,15 @@ def from_planes(rgb: np.ndarray, layout: str, alpha: np.ndarray | None = None) -
     if layout in ("RGBA", "LA") and alpha is not None:
         img.putalpha(Image.fromarray(alpha, "L"))
     return img
+
+
+def _cmyk_to_srgb(img: Image.Image) -> Image.Image:
+    from PIL import ImageCms
+
+    try:
+        src = ImageCms.ImageCmsProfile(io.BytesIO(img.info["icc_profile"]))
+        out = ImageCms.profileToProfile(img, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
+        out.info.pop("icc_profile", None)
+        return out
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        return img.convert("RGB")

@@ -1,0 +1,250 @@
+"""Many files at once: input expansion (files, directories, -r, globs), output mapping, parallel workers
+that each load the model once, per-file results, and a summary. One bad file never stops the batch."""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import VaecodecError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pnm",
+                  ".avif", ".jxl", ".heic", ".heif", ".tga", ".qoi"}
+
+
+@dataclass
+class Job:
+    src: str  # path, or "-" for stdin
+    dst: str  # path, or "-" for stdout
+
+
+@dataclass
+class Options:
+    mode: str  # "encode" or "decode"
+    model: str | None = None
+    device: str = "cpu"
+    threads: int | None = None
+    quality: float = 75.0
+    target_bytes: int | None = None
+    target_bpp: float | None = None
+    keep_metadata: bool = True
+    fmt: str | None = None
+    max_pixels: int | None = None
+    force: bool = False
+    skip_existing: bool = False
+
+
+@dataclass
+class Result:
+    input: str
+    output: str
+    status: str  # "ok", "skipped" or "failed"
+    error: str | None = None
+    width: int | None = None
+    height: int | None = None
+    bytes: int | None = None
+    bpp: float | None = None
+    quality: float | None = None
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def expand_inputs(inputs: list[str], recursive: bool, suffixes: set[str]) -> list[tuple[str, Path | None]]:
+    """(path, relative path under a directory argument or None) for every input file, in a stable order."""
+    out: list[tuple[str, Path | None]] = []
+    for arg in inputs:
+        if arg == "-":
+            out.append(("-", None))
+            continue
+        p = Path(arg)
+        if p.is_dir():
+            walker = p.rglob("*") if recursive else p.glob("*")
+            files = sorted(f for f in walker if f.is_file() and f.suffix.lower() in suffixes)
+            out.extend((str(f), f.relative_to(p)) for f in files)
+        elif not p.exists() and any(ch in arg for ch in "*?["):
+            matches = sorted(glob.glob(arg, recursive=recursive))
+            if not matches:
+                out.append((arg, None))  # reported as missing
+            out.extend((m, None) for m in matches if Path(m).is_file())
+        else:
+            out.append((arg, None))
+    return out
+
+
+def plan_jobs(items: list[tuple[str, Path | None]], output: str | None, suffix: str, many: bool) -> list[Job]:
+    """Map inputs to outputs: beside the input by default, -o a file for one input, else a directory."""
+    jobs = []
+    if not many:
+        src = items[0][0]
+        if output is None:
+            if src == "-":
+                raise VaecodecError("reading stdin needs -o (a file, or '-' for stdout)")
+            output = str(Path(src).with_suffix(suffix))
+        elif output != "-" and (Path(output).is_dir() or output.endswith(os.sep)):
+            output = str(Path(output) / Path(src).with_suffix(suffix).name)
+        return [Job(src, output)]
+    if output == "-":
+        raise VaecodecError("'-o -' (stdout) takes a single input")
+    if any(src == "-" for src, _ in items):
+        raise VaecodecError("'-' (stdin) takes a single input")
+    for src, rel in items:
+        name = rel if rel is not None else Path(Path(src).name)
+        dst = (Path(output) / name) if output else Path(src).parent / name.name
+        jobs.append(Job(src, str(dst.with_suffix(suffix))))
+    return jobs
+
+
+# --- workers ---------------------------------------------------------------------------------------------
+
+_codec = None
+
+
+def _init_worker(opts: Options) -> None:
+    global _codec
+    import torch
+
+    from .codec import Codec
+
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    if opts.device.startswith("cuda") and not torch.cuda.is_available():
+        raise VaecodecError("--device cuda was asked for, but no CUDA device is available")
+    _codec = Codec(opts.model, device=opts.device)
+
+
+def run_job(job: Job, opts: Options) -> Result:
+    from .fileio import check_output, read_input, write_atomic
+
+    t0 = time.perf_counter()
+    res = Result(job.src, job.dst, "ok")
+    try:
+        if job.dst != "-":
+            if opts.skip_existing and Path(job.dst).exists():
+                res.status = "skipped"
+                return res
+            inputs = (Path(job.src),) if job.src != "-" else ()
+            check_output(Path(job.dst), opts.force, inputs)
+        if opts.mode == "encode":
+            data = _encode_one(job, opts, res)
+        else:
+            data = _decode_one(job, opts, res, read_input(job.src))
+        if job.dst != "-":
+            Path(job.dst).parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(job.dst, data)
+        res.bytes = len(data) if opts.mode == "encode" else res.bytes
+    except VaecodecError as exc:
+        res.status, res.error = "failed", str(exc)
+    except MemoryError:
+        res.status, res.error = "failed", "out of memory"
+    except Exception as exc:  # a bug must not stop the batch either
+        if os.environ.get("VAECODEC_DEBUG"):
+            raise
+        res.status, res.error = "failed", f"internal error: {type(exc).__name__}: {exc}"
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+def _encode_one(job: Job, opts: Options, res: Result) -> bytes:
+    from .container import quantize_quality, unpack
+    from .fileio import read_input
+    from .imageio import open_image, to_planes
+
+    src = io.BytesIO(read_input(job.src)) if job.src == "-" else job.src
+    planes = to_planes(open_image(src, max_pixels=opts.max_pixels))
+    res.notes = planes.notices
+    w, h = planes.size
+    res.width, res.height = w, h
+    target = opts.target_bytes
+    if opts.target_bpp is not None:
+        target = int(opts.target_bpp * w * h / 8)
+    if target is not None:
+        data, fits = _codec.encode_to_size(planes, target, opts.keep_metadata)
+        if not fits:
+            res.notes.append(f"even quality 1 needs {len(data)} bytes, over the target of {target}")
+        res.quality = unpack(data).quality
+    else:
+        data = _codec.encode_planes(planes, opts.quality, opts.keep_metadata)
+        res.quality = quantize_quality(opts.quality)
+    res.bytes = len(data)
+    res.bpp = 8 * len(data) / (w * h)
+    return data
+
+
+def _decode_one(job: Job, opts: Options, res: Result, data: bytes) -> bytes:
+    from PIL import Image
+
+    img = _codec.decode(data, max_pixels=opts.max_pixels)
+    res.width, res.height = img.size
+    res.bytes = len(data)
+    res.bpp = 8 * len(data) / (img.size[0] * img.size[1])
+    fmt = opts.fmt or ("PNG" if job.dst == "-" else None)
+    if fmt is None:
+        ext = Path(job.dst).suffix.lower()
+        fmt = Image.registered_extensions().get(ext)
+        if fmt is None:
+            raise VaecodecError(f"{job.dst}: unknown image extension {ext!r} (use --format)")
+    if fmt.upper() in ("JPEG", "JPG") and img.mode in ("RGBA", "LA"):
+        img = img.convert("RGB" if img.mode == "RGBA" else "L")
+    extra = {}
+    if opts.keep_metadata:
+        extra = {k: img.info[k] for k in ("icc_profile", "exif", "xmp") if img.info.get(k)}
+    buf = io.BytesIO()
+    try:
+        img.save(buf, format=fmt, **extra)
+    except (KeyError, ValueError, OSError) as exc:
+        raise VaecodecError(f"{job.dst}: cannot write as {fmt}: {exc}") from None
+    return buf.getvalue()
+
+
+def _run_in_worker(job: Job, opts: Options) -> Result:
+    return run_job(job, opts)
+
+
+def run_batch(jobs: list[Job], opts: Options, workers: int, progress: bool, on_result) -> list[Result]:
+    """Run every job; on_result(result) is called as each one finishes (in completion order)."""
+    from tqdm import tqdm
+
+    results: list[Result] = []
+    bar = tqdm(total=len(jobs), unit="file", disable=not progress, dynamic_ncols=True, file=sys.stderr)
+    try:
+        if workers <= 1 or len(jobs) <= 1:
+            _init_worker(opts)
+            for job in jobs:
+                r = run_job(job, opts)
+                results.append(r)
+                on_result(r)
+                bar.update(1)
+        else:
+            import multiprocessing as mp
+
+            ctx = mp.get_context("spawn")  # fresh interpreters: no forked torch thread pools
+            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(opts,)) as pool:
+                futures = [pool.submit(_run_in_worker, job, opts) for job in jobs]
+                try:
+                    for fut in as_completed(futures):
+                        r = fut.result()
+                        results.append(r)
+                        on_result(r)
+                        bar.update(1)
+                except KeyboardInterrupt:
+                    for fut in futures:
+                        fut.cancel()
+                    raise
+    finally:
+        bar.close()
+    return results
+
+
+def result_json(r: Result) -> str:
+    d = {k: v for k, v in asdict(r).items() if v is not None and v != []}
+    if d.get("bpp") is not None:
+        d["bpp"] = round(d["bpp"], 5)
+    d["seconds"] = round(d["seconds"], 4)
+    return json.dumps(d)
