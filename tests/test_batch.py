@@ -117,3 +117,21 @@ def test_cmyk_and_la_inputs(tmp_path, tiny_model_path):
         assert im.mode == "LA" and np.array_equal(np.asarray(im)[:, :, 1], np.asarray(la)[:, :, 1])
     with Image.open(tmp_path / "d" / "c.png") as im:
         assert im.mode == "RGB"
+
+
+def test_tiled_transforms_match_whole_image(tiny_model_path):
+    from vaecodec.codec import Codec
+
+    rgb = natural_image(300, 200)
+    whole, tiled = Codec(tiny_model_path, tile=1000), Codec(tiny_model_path, tile=4)
+    a, b = whole.analyse(rgb, 70), tiled.analyse(rgb, 70)
+    assert np.array_equal(a.z, b.z) and np.abs(a.y - b.y).max() <= 1 and (a.y != b.y).mean() < 1e-3
+    x1, x2 = whole.synthesize(a, 70, (300, 200)), tiled.synthesize(a, 70, (300, 200))
+    assert np.abs(x1.astype(int) - x2.astype(int)).max() <= 1
+
+
+def test_max_memory_option_runs(tmp_path, tiny_model_path):
+    png = tmp_path / "a.png"
+    Image.fromarray(natural_image(200, 150)).save(png)
+    r = run("encode", png, "-m", tiny_model_path, "--max-memory", "50")
+    assert r.exit_code == 0, r.output

@@ -39,6 +39,7 @@ class Options:
     max_pixels: int | None = None
     force: bool = False
     skip_existing: bool = False
+    max_memory: int | None = None  # bytes for the transforms' working memory (sets the tile size)
 
 
 @dataclass
@@ -116,7 +117,12 @@ def _init_worker(opts: Options) -> None:
         torch.set_num_threads(opts.threads)
     if opts.device.startswith("cuda") and not torch.cuda.is_available():
         raise VaecodecError("--device cuda was asked for, but no CUDA device is available")
-    _codec = Codec(opts.model, device=opts.device)
+    from .model_io import load_model
+    from .tiling import tile_for_memory
+
+    model = load_model(opts.model)
+    kwargs = {"tile": tile_for_memory(opts.max_memory, model.config.N)} if opts.max_memory else {}
+    _codec = Codec(model, device=opts.device, **kwargs)
 
 
 def run_job(job: Job, opts: Options) -> Result:

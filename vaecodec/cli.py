@@ -72,6 +72,8 @@ def _batch_options(f):
         click.option("--device", type=DEVICE, default="cpu", show_default=True),
         click.option("--max-pixels", type=click.IntRange(1), default=DEFAULT_MAX_PIXELS, show_default=True,
                      help="Refuse larger images."),
+        click.option("--max-memory", type=click.IntRange(1), metavar="MB",
+                     help="Working memory for the transforms in MB (sets the tile size; default ~600 MB)."),
         click.option("--strip", is_flag=True, help="Drop ICC profile, EXIF and XMP metadata."),
         click.option("--json", "as_json", is_flag=True, help="One JSON object per file on stdout."),
         click.option("-v", "--verbose", is_flag=True, help="Print size, bpp and time per file."),
@@ -82,8 +84,8 @@ def _batch_options(f):
     return f
 
 
-def _run(mode, inputs, output, recursive, force, skip_existing, jobs, threads, model, device, max_pixels, strip,
-         as_json, verbose, quiet, **extra):
+def _run(mode, inputs, output, recursive, force, skip_existing, jobs, threads, model, device, max_pixels,
+         max_memory, strip, as_json, verbose, quiet, **extra):
     from .batch import IMAGE_SUFFIXES, Options, expand_inputs, plan_jobs, result_json, run_batch
 
     if force and skip_existing:
@@ -97,7 +99,7 @@ def _run(mode, inputs, output, recursive, force, skip_existing, jobs, threads, m
     job_list = plan_jobs(items, output, suffix, many)
     opts = Options(mode=mode, model=str(model) if model else None, device=device, threads=threads,
                    keep_metadata=not strip, max_pixels=max_pixels, force=force, skip_existing=skip_existing,
-                   **extra)
+                   max_memory=max_memory * 1024 * 1024 if max_memory else None, **extra)
     if jobs > 1 and len(job_list) > 1:
         from .model_io import load_model
 

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from .container import DEFAULT_MAX_PIXELS, VaeFile, pack, quantize_quality, unpack
 from .errors import CorruptFileError, ModelMismatchError
@@ -22,10 +21,12 @@ from .integer_net import ACT_BITS
 from .model_io import LoadedModel, load_model
 from .network import STRIDE, quality_position
 from .range_coding import SymbolReader, SymbolWriter
+from .tiling import analyse_tiled, synthesize_tiled
 
 DEFAULT_QUALITY = 75.0
 Z_LIMIT = 1 << 15  # |z| symbols beyond this are clamped by the encoder and mean a damaged file to the decoder
 Y_LIMIT = 1 << 20  # likewise for latent residuals
+DEFAULT_TILE = 64  # latents (1024 pixels) per tile side
 
 
 @dataclass
@@ -42,9 +43,10 @@ class Symbols:
 class Codec:
     """A loaded model plus the encode/decode pipeline. Reuse one instance: loading costs more than coding."""
 
-    def __init__(self, model: LoadedModel | str | None = None, device: str = "cpu"):
+    def __init__(self, model: LoadedModel | str | None = None, device: str = "cpu", tile: int = DEFAULT_TILE):
         self.model = model if isinstance(model, LoadedModel) else load_model(model)
         self.device = torch.device(device)
+        self.tile = tile  # latents per tile side: bounds the transforms' memory whatever the image size
         # channels_last makes oneDNN's convolutions markedly faster on CPU; it never touches the symbols' path
         self.net = self.model.network.to(self.device).eval().to(memory_format=torch.channels_last)
         self.levels = len(self.model.config.lambdas)
@@ -71,12 +73,9 @@ class Codec:
     def latents(self, rgb: np.ndarray) -> torch.Tensor:
         """Pixels (H, W, 3) uint8 -> analysis-transform output before any gain (quality-independent)."""
         h, w = rgb.shape[:2]
-        if not rgb.flags.writeable:
-            rgb = rgb.copy()
-        x = torch.from_numpy(rgb).to(self.device).permute(2, 0, 1)[None].float().div_(255.0)
         ph, pw = math.ceil(h / STRIDE) * STRIDE, math.ceil(w / STRIDE) * STRIDE
-        x = F.pad(x, (0, pw - w, 0, ph - h), mode="replicate").contiguous(memory_format=torch.channels_last)
-        return self.net.g_a(x)
+        padded = np.pad(rgb, ((0, ph - h), (0, pw - w), (0, 0)), mode="edge")
+        return analyse_tiled(self.net.g_a, padded, self.tile, self.device)
 
     @torch.inference_mode()
     def quantize(self, latents: torch.Tensor, quality: float) -> Symbols:
@@ -98,11 +97,7 @@ class Codec:
         """Integer symbols -> pixels (H, W, 3) uint8."""
         _, inv_gain = self._gains(quality)
         y_hat = torch.from_numpy(symbols.y + symbols.means).float().to(self.device)[None] * inv_gain
-        y_hat = y_hat.contiguous(memory_format=torch.channels_last)
-        x_hat = self.net.g_s(y_hat)
-        w, h = size
-        x_hat = x_hat[0, :, :h, :w].clamp_(0, 1).mul_(255).round_().to(torch.uint8)
-        return x_hat.permute(1, 2, 0).cpu().numpy()
+        return synthesize_tiled(self.net.g_s, y_hat, self.tile, size)
 
     def write_stream(self, symbols: Symbols) -> bytes:
         writer = SymbolWriter()

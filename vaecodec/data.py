@@ -29,6 +29,10 @@ def is_validation(path: Path, percent: float) -> bool:
 def split_images(paths: list[Path], val_percent: float) -> tuple[list[Path], list[Path]]:
     train = [p for p in paths if not is_validation(p, val_percent)]
     val = [p for p in paths if is_validation(p, val_percent)]
+    if not val and val_percent > 0 and len(train) >= 5:  # small folders still get one held-out image
+        pick = min(train, key=lambda p: hashlib.sha1(p.name.encode()).hexdigest())
+        train.remove(pick)
+        val = [pick]
     return train, val
 
 
