@@ -135,3 +135,42 @@ def test_max_memory_option_runs(tmp_path, tiny_model_path):
     Image.fromarray(natural_image(200, 150)).save(png)
     r = run("encode", png, "-m", tiny_model_path, "--max-memory", "50")
     assert r.exit_code == 0, r.output
+
+
+def test_sigterm_leaves_no_partial_outputs_and_skip_existing_finishes(tmp_path, tiny_model_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from vaecodec.container import unpack
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    for i in range(40):
+        Image.fromarray(natural_image(300, 200 + i)).save(src / f"im{i:02d}.png")
+    cmd = [sys.executable, "-m", "vaecodec", "encode", str(src), "-o", str(out), "-m", str(tiny_model_path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(out.glob("*.vae"))) < 3:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and b"Traceback" not in err
+    assert not list(out.glob(".*.part"))
+    done = list(out.glob("*.vae"))
+    assert 3 <= len(done) < 40
+    for f in done:
+        unpack(f.read_bytes())  # every output present is complete
+    assert sorted(p.name for p in src.iterdir()) == [f"im{i:02d}.png" for i in range(40)]
+    r = run("encode", src, "-o", out, "-m", tiny_model_path, "--skip-existing")
+    assert r.exit_code == 0 and len(list(out.glob("*.vae"))) == 40
+
+
+def test_unwritable_output_location_is_a_clear_error(tmp_path, tiny_model_path):
+    png = tmp_path / "a.png"
+    Image.fromarray(natural_image(30, 20)).save(png)
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a directory is expected")
+    r = run("encode", png, "-o", blocker / "sub" / "a.vae", "-m", tiny_model_path)
+    assert r.exit_code == 1 and "cannot create its directory" in r.output and "internal" not in r.output

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from vaecodec.container import VaeFile, pack, unpack
+from vaecodec.container import VaeFile, pack, padded_pixels, unpack
 from vaecodec.errors import VaecodecError
 
 FUZZ = settings(max_examples=120, deadline=None, derandomize=True,
@@ -28,10 +28,10 @@ def decode_or_clean_error(codec, data: bytes) -> None:
     t0 = time.perf_counter()
     try:
         img = codec.decode(data, max_pixels=1 << 20)
-        assert img.size[0] * img.size[1] <= 1 << 20
+        assert padded_pixels(*img.size) <= 1 << 20
     except VaecodecError as exc:
         assert str(exc) and "\n" not in str(exc)
-    assert time.perf_counter() - t0 < 20
+    assert time.perf_counter() - t0 < 60
 
 
 def reseal(data: bytes) -> bytes:

@@ -142,7 +142,10 @@ def run_job(job: Job, opts: Options) -> Result:
         else:
             data = _decode_one(job, opts, res, read_input(job.src))
         if job.dst != "-":
-            Path(job.dst).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(job.dst).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise VaecodecError(f"{job.dst}: cannot create its directory ({exc.strerror or exc})") from None
         write_atomic(job.dst, data)
         res.bytes = len(data) if opts.mode == "encode" else res.bytes
     except VaecodecError as exc:

@@ -52,10 +52,18 @@ def _make_codec(model: str | None, device: str):
     return Codec(model, device=device)
 
 
+def _terminate(signum, frame):
+    raise KeyboardInterrupt  # unwinds like Ctrl-C, so temporary outputs are removed on the way out
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "-V", "--version", prog_name="vaecodec")
 def main():
     """vaecodec: a learned image codec. Encode images to .vae files and back."""
+    import signal
+
+    if hasattr(signal, "SIGTERM"):
+        signal.signal(signal.SIGTERM, _terminate)
 
 
 def _batch_options(f):

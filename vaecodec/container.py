@@ -38,6 +38,11 @@ class VaeFile:
         return len(pack(self)) - len(self.payload) - sum(len(v) for v in self.chunks.values())
 
 
+def padded_pixels(width: int, height: int) -> int:
+    """Pixels the transforms actually process: both sides rounded up to the model stride of 64."""
+    return -(-width // 64) * 64 * (-(-height // 64) * 64)
+
+
 def quantize_quality(quality: float) -> float:
     return round(min(max(float(quality), 1.0), 100.0) * 100) / 100
 
@@ -123,10 +128,10 @@ def unpack(data: bytes, max_pixels: int | None = None) -> VaeFile:
     width, height = r.varint("width"), r.varint("height")
     if not (1 <= width <= MAX_DIMENSION and 1 <= height <= MAX_DIMENSION):
         raise CorruptFileError(f"file declares an impossible size {width}x{height}")
-    if max_pixels is not None and width * height > max_pixels:
+    if max_pixels is not None and padded_pixels(width, height) > max_pixels:
         raise CorruptFileError(
-            f"image is {width}x{height} = {width * height / 1e6:.1f} MP, over the limit of "
-            f"{max_pixels / 1e6:.1f} MP (raise it with --max-pixels)")
+            f"image is {width}x{height} ({padded_pixels(width, height) / 1e6:.1f} MP padded to the model's "
+            f"stride), over the limit of {max_pixels / 1e6:.1f} MP (raise it with --max-pixels)")
     (q100,) = struct.unpack("<H", r.take(2, "quality"))
     if not 100 <= q100 <= 10000:
         raise CorruptFileError("file is damaged (quality out of range)")

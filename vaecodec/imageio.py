@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .container import padded_pixels
 from .errors import InputImageError
 
 Image.MAX_IMAGE_PIXELS = None  # vaecodec applies its own --max-pixels limit
@@ -43,10 +44,10 @@ def open_image(source, max_pixels: int | None = None) -> Image.Image:
             source = io.BytesIO(source)
         img = Image.open(source)
         w, h = img.size
-        if max_pixels is not None and w * h > max_pixels:
+        if max_pixels is not None and padded_pixels(w, h) > max_pixels:
             raise InputImageError(
-                f"{name}: {w}x{h} is {w * h / 1e6:.1f} MP, over the limit of {max_pixels / 1e6:.1f} MP "
-                "(raise it with --max-pixels)")
+                f"{name}: {w}x{h} is {padded_pixels(w, h) / 1e6:.1f} MP padded to the model's stride, over the "
+                f"limit of {max_pixels / 1e6:.1f} MP (raise it with --max-pixels)")
         img.load()
         return ImageOps.exif_transpose(img)
     except FileNotFoundError:
