@@ -63,3 +63,20 @@ def test_ddp_two_processes_gloo(image_dir, tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert torch.load(tmp_path / "ddp" / "last.pt", weights_only=False)["step"] == 2
+
+
+def test_model_card_from_an_eval_report(tmp_path, tiny_model_path):
+    import shutil
+
+    model = tmp_path / "tiny.safetensors"
+    shutil.copy(tiny_model_path, model)
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(imgs / "a.png")
+    r = CliRunner().invoke(main, ["eval", str(imgs), "--qualities", "20,80", "--compare", "jpeg",
+                                  "--json", str(tmp_path / "r.json"), "-m", str(model)])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["card", str(model), "--eval", str(tmp_path / "r.json")])
+    assert r.exit_code == 0, r.output
+    text = model.with_suffix(".md").read_text()
+    assert "Model card: `tiny`" in text and "| 20 |" in text and "| jpeg |" in text

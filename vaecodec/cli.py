@@ -243,10 +243,11 @@ def eval_cmd(directory, qualities, compare, json_out, plot_out, baseline, limit,
         plot(report["codecs"], plot_out, f"{directory.name}: {report['images']} images")
 
 
-from .cli_train import export, train  # noqa: E402  (registered below)
+from .cli_train import card, export, train  # noqa: E402  (registered below)
 
 main.add_command(train)
 main.add_command(export)
+main.add_command(card)
 
 if __name__ == "__main__":
     main()

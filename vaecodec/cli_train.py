@@ -109,3 +109,17 @@ def export(checkpoint, output, name, fp32):
     """Export a training checkpoint (or run folder) into a shipped model file plus its card."""
     output = output.with_suffix(".safetensors")
     _export(checkpoint, output, name or output.stem, half=not fp32)
+
+
+@click.command()
+@click.argument("model_file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--eval", "eval_json", type=click.Path(path_type=Path, exists=True, dir_okay=False), required=True,
+              help="Report from `vaecodec eval --json` made with this model on Kodak.")
+@click.option("--data", default="shared/data/train (2047 natural photos, 256x256; see its SOURCES.md)",
+              show_default=True, help="Training data description for the card.")
+def card(model_file, eval_json, data):
+    """Write MODEL.md, the model card: architecture, training, and the measured rate-distortion numbers."""
+    from .model_card import write_card
+
+    path = write_card(model_file, json.loads(eval_json.read_text()), data, eval_json)
+    click.echo(f"wrote {path}")
