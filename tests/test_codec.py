@@ -101,3 +101,23 @@ def test_python_api_round_trip(shipped_codec):
     assert data[:4] == b"\x89VAE"
     out = vaecodec.decode(data, model=shipped_codec)
     assert out.size == (64, 48)
+
+
+def test_tampered_or_misshapen_model_files_are_refused(tiny_model_path, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    from vaecodec.errors import ModelFileError
+    from vaecodec.model_io import _fingerprint, _read_metadata, load_model
+
+    data = bytearray(tiny_model_path.read_bytes())
+    data[-100] ^= 0x01  # one bit inside the tensor data
+    bad = tmp_path / "tampered.safetensors"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match="modified"):
+        load_model(bad)
+    arrays, meta = load_file(str(tiny_model_path)), _read_metadata(tiny_model_path)
+    arrays["float.g_s.0.weight"] = arrays["float.g_s.0.weight"][:, :3].copy()
+    meta["fingerprint"] = _fingerprint(arrays, meta)  # a consistent file, but of the wrong architecture
+    save_file(arrays, str(tmp_path / "shape.safetensors"), metadata=meta)
+    with pytest.raises(ModelFileError, match="does not match"):
+        load_model(tmp_path / "shape.safetensors")
