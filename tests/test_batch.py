@@ -174,3 +174,23 @@ def test_unwritable_output_location_is_a_clear_error(tmp_path, tiny_model_path):
     blocker.write_text("a file where a directory is expected")
     r = run("encode", png, "-o", blocker / "sub" / "a.vae", "-m", tiny_model_path)
     assert r.exit_code == 1 and "cannot create its directory" in r.output and "internal" not in r.output
+
+
+def test_two_inputs_with_one_output_name_are_refused(tmp_path, tiny_model_path):
+    Image.fromarray(natural_image(20, 20)).save(tmp_path / "a.png")
+    Image.fromarray(natural_image(20, 20)).save(tmp_path / "a.jpg")
+    r = run("encode", tmp_path / "a.png", tmp_path / "a.jpg", "-o", tmp_path / "out", "-m", tiny_model_path)
+    assert r.exit_code == 1 and "would both be written" in r.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_format_names_like_jpg_and_tif(tmp_path, tiny_model_path):
+    Image.fromarray(natural_image(20, 20)).save(tmp_path / "a.png")
+    run("encode", tmp_path / "a.png", "-m", tiny_model_path)
+    for fmt, pil in (("jpg", "JPEG"), ("tif", "TIFF")):
+        r = run("decode", tmp_path / "a.vae", "-o", tmp_path / f"o.{fmt}", "--format", fmt, "-m", tiny_model_path)
+        assert r.exit_code == 0, r.output
+        with Image.open(tmp_path / f"o.{fmt}") as im:
+            assert im.format == pil
+    r = run("decode", tmp_path / "a.vae", "--format", "nonsense", "-o", tmp_path / "x.png", "-m", tiny_model_path)
+    assert r.exit_code == 1 and "cannot write images as" in r.output

@@ -36,3 +36,10 @@ def test_only_exact_layers_are_accepted():
     with pytest.raises(TypeError):
         quantize_sequential(torch.nn.Sequential(torch.nn.Conv2d(2, 2, 1), torch.nn.Sigmoid()))
     assert np.isfinite(ACT_BITS)
+
+
+def test_banded_evaluation_is_identical_to_one_pass(tiny_codec):
+    z = torch.randint(-9, 10, (1, tiny_codec.model.config.N, 11, 7))
+    whole = tiny_codec.model.h_s_int(z, band=100)
+    for band in (1, 2, 3, 5):
+        assert torch.equal(tiny_codec.model.h_s_int(z, band=band), whole)

@@ -95,10 +95,14 @@ def plan_jobs(items: list[tuple[str, Path | None]], output: str | None, suffix: 
         raise VaecodecError("'-o -' (stdout) takes a single input")
     if any(src == "-" for src, _ in items):
         raise VaecodecError("'-' (stdin) takes a single input")
+    seen: dict[str, str] = {}
     for src, rel in items:
         name = rel if rel is not None else Path(Path(src).name)
-        dst = (Path(output) / name) if output else Path(src).parent / name.name
-        jobs.append(Job(src, str(dst.with_suffix(suffix))))
+        dst = str(((Path(output) / name) if output else Path(src).parent / name.name).with_suffix(suffix))
+        if dst in seen:
+            raise VaecodecError(f"{seen[dst]} and {src} would both be written to {dst}")
+        seen[dst] = src
+        jobs.append(Job(src, dst))
     return jobs
 
 
@@ -107,10 +111,15 @@ def plan_jobs(items: list[tuple[str, Path | None]], output: str | None, suffix: 
 _codec = None
 
 
-def _init_worker(opts: Options) -> None:
+def _init_worker(opts: Options, in_pool: bool = False) -> None:
     global _codec
     import torch
 
+    if in_pool:  # the parent handles Ctrl-C/SIGTERM; a worker finishes (atomically) the file it is on
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     from .codec import Codec
 
     if opts.threads:
@@ -187,18 +196,12 @@ def _encode_one(job: Job, opts: Options, res: Result) -> bytes:
 
 
 def _decode_one(job: Job, opts: Options, res: Result, data: bytes) -> bytes:
-    from PIL import Image
 
     img = _codec.decode(data, max_pixels=opts.max_pixels)
     res.width, res.height = img.size
     res.bytes = len(data)
     res.bpp = 8 * len(data) / (img.size[0] * img.size[1])
-    fmt = opts.fmt or ("PNG" if job.dst == "-" else None)
-    if fmt is None:
-        ext = Path(job.dst).suffix.lower()
-        fmt = Image.registered_extensions().get(ext)
-        if fmt is None:
-            raise VaecodecError(f"{job.dst}: unknown image extension {ext!r} (use --format)")
+    fmt = output_format(opts.fmt, job.dst)
     if fmt.upper() in ("JPEG", "JPG") and img.mode in ("RGBA", "LA"):
         img = img.convert("RGB" if img.mode == "RGBA" else "L")
     extra = {}
@@ -206,10 +209,35 @@ def _decode_one(job: Job, opts: Options, res: Result, data: bytes) -> bytes:
         extra = {k: img.info[k] for k in ("icc_profile", "exif", "xmp") if img.info.get(k)}
     buf = io.BytesIO()
     try:
-        img.save(buf, format=fmt, **extra)
-    except (KeyError, ValueError, OSError) as exc:
+        try:
+            img.save(buf, format=fmt, **extra)
+        except (SyntaxError, TypeError, ValueError):
+            if not extra:
+                raise
+            buf = io.BytesIO()  # metadata this format cannot carry: write the pixels without it
+            img.save(buf, format=fmt)
+            res.notes.append(f"metadata could not be written as {fmt} and was dropped")
+    except (KeyError, ValueError, OSError, SyntaxError, TypeError) as exc:
         raise VaecodecError(f"{job.dst}: cannot write as {fmt}: {exc}") from None
     return buf.getvalue()
+
+
+def output_format(fmt: str | None, dst: str) -> str:
+    """Pillow's format name from --format (png, jpg, tif...) or from the output's extension."""
+    from PIL import Image
+
+    exts = Image.registered_extensions()
+    if fmt:
+        name = exts.get("." + fmt.lower().lstrip("."), fmt.upper())
+        if name not in Image.SAVE:
+            raise VaecodecError(f"cannot write images as {fmt!r}")
+        return name
+    if dst == "-":
+        return "PNG"
+    ext = Path(dst).suffix.lower()
+    if ext not in exts or exts[ext] not in Image.SAVE:
+        raise VaecodecError(f"{dst}: unknown image extension {ext!r} (use --format)")
+    return exts[ext]
 
 
 def _run_in_worker(job: Job, opts: Options) -> Result:
@@ -234,18 +262,16 @@ def run_batch(jobs: list[Job], opts: Options, workers: int, progress: bool, on_r
             import multiprocessing as mp
 
             ctx = mp.get_context("spawn")  # fresh interpreters: no forked torch thread pools
-            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(opts,)) as pool:
-                futures = [pool.submit(_run_in_worker, job, opts) for job in jobs]
-                try:
-                    for fut in as_completed(futures):
-                        r = fut.result()
-                        results.append(r)
-                        on_result(r)
-                        bar.update(1)
-                except KeyboardInterrupt:
-                    for fut in futures:
-                        fut.cancel()
-                    raise
+            pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(opts, True))
+            futures = [pool.submit(_run_in_worker, job, opts) for job in jobs]
+            try:
+                for fut in as_completed(futures):
+                    r = fut.result()
+                    results.append(r)
+                    on_result(r)
+                    bar.update(1)
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
     finally:
         bar.close()
     return results

@@ -108,10 +108,19 @@ def _run(mode, inputs, output, recursive, force, skip_existing, jobs, threads, m
     opts = Options(mode=mode, model=str(model) if model else None, device=device, threads=threads,
                    keep_metadata=not strip, max_pixels=max_pixels, force=force, skip_existing=skip_existing,
                    max_memory=max_memory * 1024 * 1024 if max_memory else None, **extra)
-    if jobs > 1 and len(job_list) > 1:
+    if jobs > 1 and len(job_list) > 1:  # fail once, here, rather than in every worker
         from .model_io import load_model
 
-        load_model(opts.model)  # fail once, here, rather than in every worker
+        load_model(opts.model)
+        if device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise VaecodecError("--device cuda was asked for, but no CUDA device is available")
+    if mode == "decode":
+        from .batch import output_format
+
+        output_format(extra.get("fmt"), job_list[0].dst)  # an unknown format fails before any work
     progress = many and not quiet and sys.stderr.isatty()
 
     def report(r):

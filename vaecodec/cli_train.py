@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -39,8 +40,9 @@ TRAIN_OPTIONS = ("steps", "batch_size", "crop", "lr", "warmup", "lr_drop_step", 
 @click.option("--init", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="Start from these weights (.safetensors model or .pt checkpoint), e.g. to fine-tune.")
 @click.option("--resume", is_flag=True, help="Continue from the run's latest checkpoint.")
+@click.option("--force", is_flag=True, help="Let --out replace an existing model file.")
 @click.pass_context
-def train(ctx, data_dir, out, run_dir, lambdas, n_ch, m_ch, init, resume, **opts):
+def train(ctx, data_dir, out, run_dir, lambdas, n_ch, m_ch, init, resume, force, **opts):
     """Train (or fine-tune) a model on a folder of images."""
     import torch
 
@@ -49,6 +51,10 @@ def train(ctx, data_dir, out, run_dir, lambdas, n_ch, m_ch, init, resume, **opts
     from .train import train as run_training
 
     name = out.stem if out else "model"
+    if out:
+        out = _model_path(out)
+        if out.exists() and not force:
+            raise VaecodecError(f"{out} already exists (use --force to replace it after training)")
     run_dir = run_dir or Path("runs") / name
     if resume:
         ckpt = checkpoint_path(run_dir)
@@ -69,8 +75,12 @@ def train(ctx, data_dir, out, run_dir, lambdas, n_ch, m_ch, init, resume, **opts
     if not Path(cfg.data_dir).is_dir():
         raise VaecodecError(f"{cfg.data_dir}: training folder not found")
     ckpt = run_training(cfg, resume=resume)
-    if out:
-        _export(ckpt, out.with_suffix(".safetensors"), out.stem, half=True)
+    if out and int(os.environ.get("RANK", "0")) == 0:  # one process writes the model
+        _export(ckpt, out, out.stem, half=True)
+
+
+def _model_path(path: Path) -> Path:
+    return path if path.suffix == ".safetensors" else path.with_name(path.name + ".safetensors")
 
 
 def _export(ckpt: Path, out: Path, name: str, half: bool) -> None:
@@ -93,7 +103,7 @@ def _export(ckpt: Path, out: Path, name: str, half: bool) -> None:
         "parameters": sum(p.numel() for p in model.parameters()),
     }
     fp = export_model(model, out, name, half=half, extra_meta={"training": info})
-    card = out.with_suffix(".json")
+    card = out.with_name(out.stem + ".json")
     card.write_text(json.dumps({"name": name, "fingerprint": fp, "architecture": model.config.to_dict(),
                                 **info}, indent=1) + "\n")
     click.echo(f"exported {out} ({out.stat().st_size / 1e6:.1f} MB, fingerprint {fp[:16]}) and {card}")
@@ -105,9 +115,12 @@ def _export(ckpt: Path, out: Path, name: str, half: bool) -> None:
               help="Model file to write (NAME.safetensors; a NAME.json card goes beside it).")
 @click.option("--name", help="Model name stored in .vae files (default: the output's stem).")
 @click.option("--fp32", is_flag=True, help="Keep transform weights in float32 instead of float16.")
-def export(checkpoint, output, name, fp32):
+@click.option("-f", "--force", is_flag=True, help="Replace an existing model file.")
+def export(checkpoint, output, name, fp32, force):
     """Export a training checkpoint (or run folder) into a shipped model file plus its card."""
-    output = output.with_suffix(".safetensors")
+    output = _model_path(output)
+    if output.exists() and not force:
+        raise VaecodecError(f"{output} already exists (use --force to replace it)")
     _export(checkpoint, output, name or output.stem, half=not fp32)
 
 

@@ -65,7 +65,8 @@ def _sixteen_to_eight(img: Image.Image) -> np.ndarray:
     if arr.dtype == np.float32 or arr.dtype == np.float64:
         return np.clip(np.round(arr), 0, 255).astype(np.uint8)
     arr = arr.astype(np.int64)
-    top = 65535 if arr.max(initial=0) > 255 else 255
+    # I;16 modes are 16-bit by definition; plain 32-bit "I" is 16-bit data unless it never exceeds 255
+    top = 65535 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255
     return np.clip(np.round(arr * 255.0 / top), 0, 255).astype(np.uint8)
 
 

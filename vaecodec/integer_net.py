@@ -17,6 +17,8 @@ from torch.nn import functional as F
 ACT_BITS = 8  # activations carry 8 fractional bits
 WEIGHT_MAX = 2**14  # largest integer weight magnitude
 EXACT_LIMIT = 2.0**52
+BAND_HALO = 3  # z rows of context: the hyper-synthesis sees under 2 rows either side
+BAND_BUDGET = 384  # z positions (rows x columns) per band: keeps float64 im2col buffers near 0.5 GB
 
 
 class IntegerLayer:
@@ -89,8 +91,32 @@ class IntegerNet:
         self.layers = [IntegerLayer(**spec) for spec in layers]
 
     @torch.no_grad()
-    def __call__(self, z_symbols: torch.Tensor) -> torch.Tensor:
-        x = z_symbols.to(torch.float64).cpu() * 2.0**ACT_BITS
+    def __call__(self, z_symbols: torch.Tensor, band: int | None = None) -> torch.Tensor:
+        """Run over bands of z rows (with a halo covering the receptive field) to bound the float64 im2col
+        buffers; integer arithmetic makes the result identical to one whole pass, whatever the band."""
+        z = z_symbols.to(torch.float64).cpu() * 2.0**ACT_BITS
+        h, w = z.shape[2:]
+        band = band or max(2, BAND_BUDGET // max(1, w))
+        if h <= band:
+            return self._run(z)
+        up = self.upsampling
+        parts = []
+        for r0 in range(0, h, band):
+            r1 = min(h, r0 + band)
+            a0, a1 = max(0, r0 - BAND_HALO), min(h, r1 + BAND_HALO)
+            out = self._run(z[:, :, a0:a1])
+            parts.append(out[:, :, (r0 - a0) * up : (r1 - a0) * up])
+        return torch.cat(parts, dim=2)
+
+    @property
+    def upsampling(self) -> int:
+        f = 1
+        for layer in self.layers:
+            if layer.kind == "deconv":
+                f *= layer.stride
+        return f
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:  # float64 convolutions on the CPU never take oneDNN/Winograd paths
             x = layer(x)
         return x  # integer-valued float64, ACT_BITS fractional bits

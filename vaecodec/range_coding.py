@@ -14,6 +14,8 @@ from .entropy_models import TABLE_PRECISION
 from .errors import CorruptFileError
 
 MAX_EXCESS_BITS = 40
+_UNIFORM_NBITS = constriction.stream.model.Uniform(MAX_EXCESS_BITS + 1)
+_UNIFORM_CHUNK = constriction.stream.model.Uniform(1 << 16)
 
 
 class Table:
@@ -45,25 +47,28 @@ class SymbolWriter:
             self._write_excess(excess)
 
     def _write_excess(self, excess: np.ndarray) -> None:
-        for e in excess.tolist():
-            nbits = int(e).bit_length()
-            if nbits > MAX_EXCESS_BITS:
-                raise ValueError("latent value out of the codable range")
-            self.enc.encode(nbits, constriction.stream.model.Uniform(MAX_EXCESS_BITS + 1))
-            for shift in range(0, nbits, 16):
-                chunk = (e >> shift) & 0xFFFF
-                width = min(16, nbits - shift)
-                self.enc.encode(int(chunk), constriction.stream.model.Uniform(1 << width))
+        """Bit length of each excess (uniform over 0..40), then all of them in 16-bit chunks, low first."""
+        excess = np.asarray(excess, dtype=np.int64)
+        nbits = _bit_length(excess)
+        if (nbits > MAX_EXCESS_BITS).any():
+            raise ValueError("latent value out of the codable range")
+        self.enc.encode(nbits.astype(np.int32), _UNIFORM_NBITS)
+        nchunks = (nbits + 15) // 16
+        owner = np.repeat(np.arange(len(excess)), nchunks)
+        index = np.arange(len(owner)) - np.repeat(np.cumsum(nchunks) - nchunks, nchunks)
+        chunks = (excess[owner] >> (16 * index)) & 0xFFFF
+        if len(chunks):
+            self.enc.encode(chunks.astype(np.int32), _UNIFORM_CHUNK)
 
     def getvalue(self) -> bytes:
-        return self.enc.get_compressed().tobytes()
+        return self.enc.get_compressed().astype("<u4").tobytes()  # little-endian on every host
 
 
 class SymbolReader:
     def __init__(self, data: bytes):
         if len(data) % 4:
             raise CorruptFileError("entropy-coded stream has a broken length")
-        words = np.frombuffer(data, dtype=np.uint32).copy()
+        words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
         self.dec = constriction.stream.queue.RangeDecoder(words)
 
     def read(self, count: int, table: Table) -> np.ndarray:
@@ -71,8 +76,9 @@ class SymbolReader:
             return np.zeros(0, dtype=np.int64)
         try:
             idx = np.asarray(self.dec.decode(table.model, count), dtype=np.int64)
-        except Exception as exc:  # constriction raises on impossible states in damaged streams
-            raise CorruptFileError("entropy-coded stream is damaged") from exc
+        except BaseException as exc:  # constriction raises (or panics) on impossible states in damaged streams
+            _reraise_interrupts(exc)
+            raise CorruptFileError("entropy-coded stream is damaged") from None
         v = idx + table.lo - 1
         low, high = idx == 0, idx == table.hi - table.lo + 2
         n_esc = int(low.sum() + high.sum())
@@ -83,15 +89,36 @@ class SymbolReader:
         return v
 
     def _read_excess(self, n: int) -> np.ndarray:
-        out = np.empty(n, dtype=np.int64)
         try:
-            for i in range(n):
-                nbits = int(self.dec.decode(constriction.stream.model.Uniform(MAX_EXCESS_BITS + 1)))
-                e = 0
-                for shift in range(0, nbits, 16):
-                    width = min(16, nbits - shift)
-                    e |= int(self.dec.decode(constriction.stream.model.Uniform(1 << width))) << shift
-                out[i] = e
-        except Exception as exc:
-            raise CorruptFileError("entropy-coded stream is damaged") from exc
+            nbits = np.asarray(self.dec.decode(_UNIFORM_NBITS, n), dtype=np.int64)
+            nchunks = (nbits + 15) // 16
+            total = int(nchunks.sum())
+            chunks = np.zeros(0, np.int64)
+            if total:
+                chunks = np.asarray(self.dec.decode(_UNIFORM_CHUNK, total), dtype=np.int64)
+        except BaseException as exc:
+            _reraise_interrupts(exc)
+            raise CorruptFileError("entropy-coded stream is damaged") from None
+        owner = np.repeat(np.arange(n), nchunks)
+        index = np.arange(total) - np.repeat(np.cumsum(nchunks) - nchunks, nchunks)
+        out = np.zeros(n, dtype=np.int64)
+        np.add.at(out, owner, chunks << (16 * index))
+        if (out >> np.maximum(nbits, 0) != 0).any():
+            raise CorruptFileError("entropy-coded stream is damaged (escape value wider than declared)")
         return out
+
+
+def _bit_length(v: np.ndarray) -> np.ndarray:
+    out = np.zeros(v.shape, dtype=np.int64)
+    x = v.copy()
+    while (x > 0).any():
+        out += x > 0
+        x >>= 1
+    return out
+
+
+def _reraise_interrupts(exc: BaseException) -> None:
+    """constriction's Rust panics arrive as pyo3 PanicException, a BaseException: treat them as damage,
+    but never swallow Ctrl-C or SystemExit."""
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        raise exc

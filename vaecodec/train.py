@@ -114,8 +114,9 @@ def validate(model: GainedHyperprior, images: list[torch.Tensor], levels: list[i
     result = {}
     for level in levels:
         bpps, psnrs = [], []
+        device = next(model.parameters()).device
         for img in images:
-            x = img[None].float() / 255.0
+            x = img[None].float().to(device) / 255.0
             h, w = x.shape[2] // 64 * 64, x.shape[3] // 64 * 64
             x = x[:, :, :h, :w]
             out = model.estimate(x, level)
@@ -140,6 +141,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     torch.manual_seed(cfg.seed + rank)
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     device = torch.device(cfg.device)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
 
     if state:
         model_cfg = ModelConfig.from_dict(state["model_config"])
@@ -158,6 +163,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         if world == 1:
             gen.set_state(state["sampler_rng"])
             torch.set_rng_state(state["torch_rng"])
+        else:  # per-rank streams that do not repeat the crops of earlier steps
+            gen.manual_seed(cfg.seed * 1000 + rank + 7919 * step)
+            torch.manual_seed(cfg.seed + rank + 7919 * step)
     model.to(memory_format=torch.channels_last)
 
     paths = list_images(cfg.data_dir)
@@ -170,7 +178,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
 
     net = model
     if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model)
+        ids = [device.index] if device.type == "cuda" else None
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     if cfg.compile:
         net = torch.compile(net)
     autocast = cfg.bf16 and device.type == "cpu"
