@@ -24,9 +24,9 @@ from vaecodec.codec import Codec
 from vaecodec.imageio import Planes
 
 
-def timed(fn, *args):
+def timed(fn, *args, **kwargs):
     t = time.perf_counter()
-    out = fn(*args)
+    out = fn(*args, **kwargs)
     return out, time.perf_counter() - t
 
 

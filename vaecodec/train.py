@@ -208,7 +208,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         optimizer.step()
         step += 1
         for k in ("loss", "bpp", "mse"):
-            acc[k] += float(terms[k])
+            acc[k] += float(terms[k].detach())
         acc["n"] += 1
         if rank != 0:
             continue
