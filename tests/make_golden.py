@@ -1,0 +1,22 @@
+"""Regenerate the golden .vae fixture after the shipped model changes: python tests/make_golden.py"""
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from vaecodec.codec import Codec
+
+HERE = Path(__file__).resolve().parent
+rgb = np.asarray(Image.open(HERE.parent / "samples" / "kodim23.png").convert("RGB"))[200:264, 300:380].copy()
+codec = Codec()
+data = codec.encode(Image.fromarray(rgb), 60)
+f = codec.parse(data)
+s = codec.read_stream(f.payload, (f.width, f.height))
+(HERE / "data" / "golden_hp1.vae").write_bytes(data)
+(HERE / "data" / "golden_hp1.json").write_text(json.dumps({
+    "model_fingerprint": codec.model.fingerprint,
+    "symbols_sha256": hashlib.sha256(s.z.tobytes() + s.y.tobytes()).hexdigest(),
+}, indent=1) + "\n")
