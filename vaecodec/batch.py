@@ -14,9 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import VaecodecError
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pnm",
-                  ".avif", ".jxl", ".heic", ".heif", ".tga", ".qoi"}
+from .imageio import IMAGE_SUFFIXES  # noqa: F401  (re-exported for the CLI)
 
 
 @dataclass

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm"}
+from .imageio import IMAGE_SUFFIXES
 
 
 def list_images(root: str | Path) -> list[Path]:

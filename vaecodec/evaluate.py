@@ -160,7 +160,7 @@ def plot(results: dict, path: Path, title: str) -> None:
 
 
 def load_images(directory: Path, limit: int | None) -> list[tuple[str, np.ndarray]]:
-    from .data import IMAGE_SUFFIXES
+    from .imageio import IMAGE_SUFFIXES
 
     paths = sorted(p for p in Path(directory).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if limit:

@@ -16,7 +16,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .container import padded_pixels
 from .errors import InputImageError
 
-Image.MAX_IMAGE_PIXELS = None  # vaecodec applies its own --max-pixels limit
+Image.MAX_IMAGE_PIXELS = None
+
+# File suffixes treated as images when a directory is given (training, eval, batch encode)
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pnm",
+                  ".avif", ".jxl", ".heic", ".heif", ".tga", ".qoi"}  # vaecodec applies its own --max-pixels limit
 
 
 # .vae chunk tag -> key in PIL's image.info (and the save() argument of the same name)

@@ -240,9 +240,3 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         dist.destroy_process_group()
     return ckpt_file
 
-
-if __name__ == "__main__":  # minimal entry used before the CLI existed; `vaecodec train` is the real one
-    import sys
-
-    c = TrainConfig(data_dir=sys.argv[1], run_dir=sys.argv[2])
-    train(c, resume=checkpoint_path(c.run_dir).exists())
