@@ -107,7 +107,7 @@ def test_tampered_or_misshapen_model_files_are_refused(tiny_model_path, tmp_path
     from safetensors.numpy import load_file, save_file
 
     from vaecodec.errors import ModelFileError
-    from vaecodec.model_io import _fingerprint, _read_metadata, load_model
+    from vaecodec.model_io import _fingerprint, load_model, read_metadata
 
     data = bytearray(tiny_model_path.read_bytes())
     data[-100] ^= 0x01  # one bit inside the tensor data
@@ -115,7 +115,7 @@ def test_tampered_or_misshapen_model_files_are_refused(tiny_model_path, tmp_path
     bad.write_bytes(bytes(data))
     with pytest.raises(ModelFileError, match="modified"):
         load_model(bad)
-    arrays, meta = load_file(str(tiny_model_path)), _read_metadata(tiny_model_path)
+    arrays, meta = load_file(str(tiny_model_path)), read_metadata(tiny_model_path)
     arrays["float.g_s.0.weight"] = arrays["float.g_s.0.weight"][:, :3].copy()
     meta["fingerprint"] = _fingerprint(arrays, meta)  # a consistent file, but of the wrong architecture
     save_file(arrays, str(tmp_path / "shape.safetensors"), metadata=meta)

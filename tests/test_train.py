@@ -51,6 +51,19 @@ def test_train_resume_export_and_use(image_dir, tmp_path):
     assert codec.decode(codec.encode(img, 50)).size == img.size
 
 
+def test_fine_tuning_from_a_shipped_model_counts_its_training(image_dir, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    r = CliRunner().invoke(main, ["train", str(image_dir), "--run-dir", str(tmp_path / "r1"), "--steps", "4",
+                                  "--out", str(first), *TINY])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["train", str(image_dir), "--run-dir", str(tmp_path / "r2"), "--steps", "2",
+                                  "--init", str(first.with_suffix(".safetensors")), "--out", str(second), *TINY])
+    assert r.exit_code == 0, r.output
+    card = json.loads(second.with_suffix(".json").read_text())
+    assert card["steps"] == 6 and card["train_config"]["prior_steps"] == 4
+    assert torch.load(tmp_path / "r2" / "last.pt", weights_only=False)["step"] == 2
+
+
 def test_resume_without_checkpoint_is_a_clear_error(image_dir, tmp_path):
     r = CliRunner().invoke(main, ["train", str(image_dir), "--run-dir", str(tmp_path / "none"), "--resume"])
     assert r.exit_code == 1 and "nothing to resume" in r.output

@@ -36,7 +36,8 @@ TRAIN_OPTIONS = ("steps", "batch_size", "crop", "lr", "warmup", "lr_drop_step", 
 @click.option("--log-every", type=click.IntRange(1), default=50, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 ...")
 @click.option("--compile/--no-compile", default=True, show_default=True, help="torch.compile the model.")
-@click.option("--bf16/--no-bf16", default=True, show_default=True, help="bfloat16 autocast on CPU.")
+@click.option("--bf16/--no-bf16", default=None,
+              help="bfloat16 autocast on CPU (default: only where the CPU has native bf16, else fp32).")
 @click.option("--init", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="Start from these weights (.safetensors model or .pt checkpoint), e.g. to fine-tune.")
 @click.option("--resume", is_flag=True, help="Continue from the run's latest checkpoint.")
@@ -96,9 +97,10 @@ def _export(ckpt: Path, out: Path, name: str, half: bool) -> None:
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     model = GainedHyperprior(ModelConfig.from_dict(state["model_config"]))
     model.load_state_dict(state["model"])
-    info = {
-        "steps": int(state["step"]),
-        "train_seconds": round(float(state["elapsed_seconds"])),
+    tc = state["train_config"]
+    info = {  # a run started from earlier weights (--init) counts their training too
+        "steps": int(state["step"]) + int(tc.get("prior_steps", 0)),
+        "train_seconds": round(float(state["elapsed_seconds"]) + float(tc.get("prior_seconds", 0.0))),
         "train_config": state["train_config"],
         "parameters": sum(p.numel() for p in model.parameters()),
     }

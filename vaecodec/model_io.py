@@ -96,7 +96,7 @@ def export_model(model: GainedHyperprior, path: str | Path, name: str, half: boo
     return meta["fingerprint"]
 
 
-def _read_metadata(path: Path) -> dict[str, str]:
+def read_metadata(path: Path) -> dict[str, str]:
     from safetensors import safe_open
 
     with safe_open(str(path), framework="numpy") as f:
@@ -105,7 +105,7 @@ def _read_metadata(path: Path) -> dict[str, str]:
 
 def load_float_state(path: str | Path) -> dict[str, torch.Tensor]:
     """The float network weights of a shipped model (fp32), e.g. to fine-tune from it."""
-    return _float_state(np_load_file(str(path)), json.loads(_read_metadata(Path(path))["int_layers"]))
+    return _float_state(np_load_file(str(path)), json.loads(read_metadata(Path(path))["int_layers"]))
 
 
 def _float_state(arrays: dict[str, np.ndarray], layer_meta: list[dict]) -> dict[str, torch.Tensor]:
@@ -152,7 +152,7 @@ def load_model(path: str | Path | None = None) -> LoadedModel:
     if not path.is_file():
         raise ModelFileError(f"model file not found: {path}")
     try:
-        meta = _read_metadata(path)
+        meta = read_metadata(path)
         arrays = np_load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelFileError(f"not a vaecodec model file: {path} ({exc})") from None

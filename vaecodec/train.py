@@ -40,12 +40,22 @@ class TrainConfig:
     val_every: int = 1000
     ckpt_every: int = 200
     compile: bool = True
-    bf16: bool = True
+    bf16: bool | None = None  # None: bf16 autocast only where the CPU computes bf16 natively
     device: str = "cpu"
     N: int = 128
     M: int = 192
     lambdas: tuple[float, ...] = field(default=DEFAULT_LAMBDAS)
     init: str | None = None  # weights to start from (checkpoint or shipped model)
+    prior_steps: int = 0  # training the --init weights had already had (counted in exported cards)
+    prior_seconds: float = 0.0
+
+
+def cpu_has_native_bf16() -> bool:
+    """True on CPUs with AVX512-BF16/AMX; elsewhere bf16 is emulated and ~10x slower than fp32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -97,15 +107,23 @@ def save_checkpoint(path: Path, model, optimizer, step: int, cfg: TrainConfig, e
     os.replace(tmp, path)
 
 
-def load_init_weights(model: GainedHyperprior, path: str) -> None:
-    """Start from a checkpoint (.pt) or a shipped model (.safetensors)."""
-    if path.endswith(".safetensors"):
-        from .model_io import load_float_state
+def load_init_weights(model: GainedHyperprior, path: str) -> tuple[int, float]:
+    """Start from a checkpoint (.pt) or a shipped model (.safetensors).
 
-        state = load_float_state(path)
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)["model"]
-    model.load_state_dict(state)
+    Returns the steps and seconds of training those weights already had, so that a continued run's card
+    counts the whole history.
+    """
+    if path.endswith(".safetensors"):
+        from .model_io import load_float_state, read_metadata
+
+        model.load_state_dict(load_float_state(path))
+        info = json.loads(read_metadata(Path(path)).get("training", "{}"))
+        return int(info.get("steps", 0)), float(info.get("train_seconds", 0.0))
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(state["model"])
+    tc = state.get("train_config", {})
+    return (int(state.get("step", 0)) + int(tc.get("prior_steps", 0)),
+            float(state.get("elapsed_seconds", 0.0)) + float(tc.get("prior_seconds", 0.0)))
 
 
 @torch.no_grad()
@@ -152,7 +170,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         model_cfg = ModelConfig(N=cfg.N, M=cfg.M, lambdas=tuple(cfg.lambdas))
     model = GainedHyperprior(model_cfg).to(device)
     if state is None and cfg.init:
-        load_init_weights(model, cfg.init)
+        cfg.prior_steps, cfg.prior_seconds = load_init_weights(model, cfg.init)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     step, elapsed = 0, 0.0
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
@@ -182,7 +200,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     if cfg.compile:
         net = torch.compile(net)
-    autocast = cfg.bf16 and device.type == "cpu"
+    autocast = device.type == "cpu" and (cpu_has_native_bf16() if cfg.bf16 is None else cfg.bf16)
+    if rank == 0:
+        tqdm.write(f"precision: {'bf16 autocast' if autocast else 'fp32'} on {device}")
     L = len(model_cfg.lambdas)
     lambdas = torch.tensor(model_cfg.lambdas)
 
