@@ -35,9 +35,15 @@ class Symbols:
     with what the exact hyper-synthesis derived from z (kept so it is computed once)."""
 
     z: np.ndarray  # (N, h, w) int64
-    y: np.ndarray  # (M, H, W) int64
+    y: np.ndarray  # (M, H, W) int32 (|y| <= Y_LIMIT)
     means: np.ndarray  # (M, H, W) float64, multiples of 2**-ACT_BITS
-    scale_index: np.ndarray  # (M, H, W) int64, which y table each latent uses
+    scale_index: np.ndarray  # (M, H, W) uint8, which y table each latent uses
+
+    def digest(self) -> str:
+        """SHA-256 of the coded integers (z then y, little-endian int64): the same on every machine."""
+        import hashlib
+
+        return hashlib.sha256(self.z.astype("<i8").tobytes() + self.y.astype("<i8").tobytes()).hexdigest()
 
 
 class Codec:
@@ -65,8 +71,11 @@ class Codec:
         m = self.model.config.M
         h, w = shape
         scales_int, means_int = params[:m, :h, :w], params[m:, :h, :w]
-        idx = np.searchsorted(self.model.y_thresholds, scales_int.astype(np.int64), side="right") - 1
-        idx = np.clip(idx, 0, len(self.model.y_tables) - 1)
+        thresholds = np.asarray(self.model.y_thresholds, dtype=np.float64)
+        idx = np.empty((m, h, w), dtype=np.uint8)  # one channel at a time: no full-size int64 temporaries
+        for c in range(m):
+            i = np.searchsorted(thresholds, scales_int[c], side="right") - 1
+            idx[c] = np.clip(i, 0, len(self.model.y_tables) - 1)
         return means_int / float(2**ACT_BITS), idx
 
     @torch.inference_mode()
@@ -85,7 +94,9 @@ class Codec:
         z = self.net.h_a(y)
         z_sym = torch.round(z).clamp_(-Z_LIMIT, Z_LIMIT)[0].cpu().to(torch.int64).numpy()
         means, idx = self._hyper(z_sym, y.shape[2:])
-        y_res = np.clip(np.round(y[0].cpu().double().numpy() - means), -Y_LIMIT, Y_LIMIT).astype(np.int64)
+        y_res = np.empty(means.shape, dtype=np.int32)
+        for c, (yc, mc) in enumerate(zip(y[0].cpu().numpy(), means, strict=True)):  # small float64 temporaries
+            y_res[c] = np.clip(np.round(yc.astype(np.float64) - mc), -Y_LIMIT, Y_LIMIT)
         return Symbols(z_sym, y_res, means, idx)
 
     def analyse(self, rgb: np.ndarray, quality: float) -> Symbols:
@@ -119,10 +130,10 @@ class Codec:
             raise CorruptFileError("file is damaged (hyper-latent out of range)")
         yh, yw = ph // 16, pw // 16
         means, idx = self._hyper(z, (yh, yw))
-        y = np.empty(idx.shape, dtype=np.int64)
+        y = np.empty(idx.shape, dtype=np.int32)
         for k, table in enumerate(self.model.y_tables):
             mask = idx == k
-            y[mask] = reader.read(int(mask.sum()), table)
+            y[mask] = np.clip(reader.read(int(mask.sum()), table), -Y_LIMIT - 1, Y_LIMIT + 1)
         if np.abs(y).max(initial=0) > Y_LIMIT:
             raise CorruptFileError("file is damaged (latent out of range)")
         return Symbols(z, y, means, idx)

@@ -101,18 +101,19 @@ class IntegerNet:
         if h <= band and w <= band:
             return self._run(z)
         up = self.upsampling
-        rows = []
+        result = None  # filled tile by tile: no second full-size copy
         for r0 in range(0, h, band):
             r1 = min(h, r0 + band)
             a0, a1 = max(0, r0 - BAND_HALO), min(h, r1 + BAND_HALO)
-            cols = []
             for c0 in range(0, w, band):
                 c1 = min(w, c0 + band)
                 b0, b1 = max(0, c0 - BAND_HALO), min(w, c1 + BAND_HALO)
                 out = self._run(z[:, :, a0:a1, b0:b1])
-                cols.append(out[:, :, (r0 - a0) * up : (r1 - a0) * up, (c0 - b0) * up : (c1 - b0) * up])
-            rows.append(torch.cat(cols, dim=3))
-        return torch.cat(rows, dim=2)
+                if result is None:
+                    result = torch.empty((z.shape[0], out.shape[1], h * up, w * up), dtype=out.dtype)
+                result[:, :, r0 * up : r1 * up, c0 * up : c1 * up] = (
+                    out[:, :, (r0 - a0) * up : (r1 - a0) * up, (c0 - b0) * up : (c1 - b0) * up])
+        return result
 
     @property
     def upsampling(self) -> int:
