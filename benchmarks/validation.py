@@ -1,0 +1,58 @@
+"""Model selection without Kodak: compare model files on the validation split of the training folder, and
+measure each one's train-vs-validation gap on the same number of training images.
+
+Usage: python benchmarks/validation.py TRAIN_DIR MODEL.safetensors [MODEL2 ...] [--images 64]
+       [--levels 0,2,4,7] [--json out.json]
+
+Uses the same fixed split (by file-name hash) and the same hard-quantized estimate as `vaecodec train`'s
+periodic validation, so numbers are comparable with the `val` lines of a run's log.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from vaecodec.data import list_images, load_images, split_images
+from vaecodec.model_io import load_float_state, read_metadata
+from vaecodec.network import GainedHyperprior, ModelConfig
+from vaecodec.train import validate
+
+
+def load(path: Path) -> GainedHyperprior:
+    meta = read_metadata(path)
+    model = GainedHyperprior(ModelConfig.from_dict(json.loads(meta["config"])))
+    model.load_state_dict(load_float_state(path))
+    return model
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("train_dir", type=Path)
+    ap.add_argument("models", type=Path, nargs="+")
+    ap.add_argument("--images", type=int, default=64)
+    ap.add_argument("--levels", default="0,2,4,7")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    train_paths, val_paths = split_images(list_images(args.train_dir), 2.0)
+    val = load_images(val_paths[: args.images], 2)
+    train = load_images(train_paths[:: max(1, len(train_paths) // args.images)][: args.images], 2)
+    levels = [int(x) for x in args.levels.split(",")]
+    report = {}
+    for path in args.models:
+        model = load(path)
+        report[path.name] = {"val": validate(model, val, levels), "train": validate(model, train, levels)}
+        for lv in levels:
+            v, t = report[path.name]["val"][str(lv)], report[path.name]["train"][str(lv)]
+            print(f"{path.name} level {lv}: val {v['bpp']:.3f} bpp {v['psnr']:.2f} dB | "
+                  f"train {t['bpp']:.3f} bpp {t['psnr']:.2f} dB", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
