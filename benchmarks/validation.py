@@ -5,7 +5,8 @@ Usage: python benchmarks/validation.py TRAIN_DIR MODEL.safetensors [MODEL2 ...] 
        [--levels 0,2,4,7] [--json out.json]
 
 Uses the same fixed split (by file-name hash) and the same hard-quantized estimate as `vaecodec train`'s
-periodic validation, so numbers are comparable with the `val` lines of a run's log.jsonl.
+periodic validation, but on the shipped form of the weights (fp16 transforms), so expect small offsets from the
+`val` lines of a run's log.jsonl.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(2)
     train_paths, val_paths = split_images(list_images(args.train_dir), 2.0)
+    if not val_paths or not train_paths:
+        raise SystemExit(f"{args.train_dir}: too few images for a validation split")
     val = load_images(val_paths[: args.images], 2)
     train = load_images(train_paths[:: max(1, len(train_paths) // args.images)][: args.images], 2)
     levels = [int(x) for x in args.levels.split(",")]

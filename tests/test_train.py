@@ -44,6 +44,8 @@ def test_train_resume_export_and_use(image_dir, tmp_path):
     steps = [x["step"] for x in lines if "loss" in x]
     assert steps == [2, 4, 6] and all(np.isfinite(x["loss"]) for x in lines if "loss" in x)
     assert any("val" in x for x in lines)
+    starts = [x for x in lines if "start" in x]  # each (re)start logs the precision it resolved
+    assert [x["start"] for x in starts] == [0, 4] and all(x["precision"] == "fp32" for x in starts)
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["steps"] == 6 and card["parameters"] > 0
     codec = Codec(out.with_suffix(".safetensors"))

@@ -66,6 +66,8 @@ def train(ctx, data_dir, out, run_dir, lambdas, n_ch, m_ch, init, resume, force,
         for key in TRAIN_OPTIONS:  # options given explicitly on this command line win
             if ctx.get_parameter_source(key) == ParameterSource.COMMANDLINE:
                 setattr(cfg, key, opts[key])
+        if ctx.get_parameter_source("bf16") != ParameterSource.COMMANDLINE:
+            cfg.bf16 = None  # precision follows the machine the run resumes on, unless asked for
         cfg.data_dir, cfg.run_dir = str(data_dir), str(run_dir)
     else:
         if (run_dir / "last.pt").exists():

@@ -176,6 +176,8 @@ def load_model(path: str | Path | None = None) -> LoadedModel:
         z_tables = [Table(z_freq[c], int(z_lo[c]), int(z_hi[c])) for c in range(len(z_lo))]
         if len(z_tables) != config.N or int(meta.get("act_bits", "-1")) != ACT_BITS:
             raise ValueError("tables do not match the architecture")
+        if not 1 <= len(y_tables) <= 256 or len(arrays["tables.y.threshold"]) != len(y_tables):
+            raise ValueError("latent tables and thresholds disagree")  # indices are stored as uint8
     except (KeyError, ValueError, RuntimeError, TypeError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelFileError(f"model file does not match vaecodec's architecture: {path} ({msg})") from None

@@ -51,9 +51,9 @@ class TrainConfig:
 
 
 def cpu_has_native_bf16() -> bool:
-    """True on CPUs with AVX512-BF16/AMX; elsewhere bf16 is emulated and ~10x slower than fp32."""
+    """True on CPUs with AVX512-BF16 or AMX; elsewhere bf16 is emulated and ~10x slower than fp32."""
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except (AttributeError, RuntimeError):
         return False
 
@@ -119,7 +119,7 @@ def load_init_weights(model: GainedHyperprior, path: str) -> tuple[int, float]:
         model.load_state_dict(load_float_state(path))
         info = json.loads(read_metadata(Path(path)).get("training", "{}"))
         return int(info.get("steps", 0)), float(info.get("train_seconds", 0.0))
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
     tc = state.get("train_config", {})
     return (int(state.get("step", 0)) + int(tc.get("prior_steps", 0)),
@@ -201,8 +201,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     if cfg.compile:
         net = torch.compile(net)
     autocast = device.type == "cpu" and (cpu_has_native_bf16() if cfg.bf16 is None else cfg.bf16)
+    precision = "bf16 autocast" if autocast else "fp32"
     if rank == 0:
-        tqdm.write(f"precision: {'bf16 autocast' if autocast else 'fp32'} on {device}")
+        tqdm.write(f"precision: {precision} on {device}")
     L = len(model_cfg.lambdas)
     lambdas = torch.tensor(model_cfg.lambdas)
 
@@ -211,6 +212,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         with open(run_dir / "config.json", "w") as f:
             json.dump({"train": asdict(cfg), "model": model_cfg.to_dict()}, f, indent=1)
     log = open(run_dir / "log.jsonl", "a") if rank == 0 else None
+    if log:  # each (re)start says what it ran with: the precision belongs to the machine, not the run
+        log.write(json.dumps({"start": step, "precision": precision, "device": str(device), "world": world,
+                              "batch_size": cfg.batch_size, "lr": cfg.lr}) + "\n")
+        log.flush()
     bar = tqdm(total=cfg.steps, initial=step, disable=rank != 0, dynamic_ncols=True, desc="train")
     t_last, acc = time.time(), {"loss": 0.0, "bpp": 0.0, "mse": 0.0, "n": 0}
     model.train()
