@@ -12,7 +12,7 @@ from click.core import ParameterSource
 from .errors import VaecodecError
 
 TRAIN_OPTIONS = ("steps", "batch_size", "crop", "lr", "warmup", "lr_drop_step", "seed", "workers",
-                 "val_every", "ckpt_every", "log_every", "device", "compile", "bf16")
+                 "val_every", "ckpt_every", "log_every", "device", "compile")
 
 
 @click.command()
@@ -66,8 +66,7 @@ def train(ctx, data_dir, out, run_dir, lambdas, n_ch, m_ch, init, resume, force,
         for key in TRAIN_OPTIONS:  # options given explicitly on this command line win
             if ctx.get_parameter_source(key) == ParameterSource.COMMANDLINE:
                 setattr(cfg, key, opts[key])
-        if ctx.get_parameter_source("bf16") != ParameterSource.COMMANDLINE:
-            cfg.bf16 = None  # precision follows the machine the run resumes on, unless asked for
+        cfg.bf16 = opts["bf16"]  # precision follows the machine the run resumes on (None: automatic)
         cfg.data_dir, cfg.run_dir = str(data_dir), str(run_dir)
     else:
         if (run_dir / "last.pt").exists():
@@ -91,6 +90,7 @@ def _export(ckpt: Path, out: Path, name: str, half: bool) -> None:
 
     from .model_io import export_model
     from .network import GainedHyperprior, ModelConfig
+    from .train import training_history
 
     if ckpt.is_dir():
         ckpt = ckpt / "last.pt"
@@ -99,10 +99,10 @@ def _export(ckpt: Path, out: Path, name: str, half: bool) -> None:
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     model = GainedHyperprior(ModelConfig.from_dict(state["model_config"]))
     model.load_state_dict(state["model"])
-    tc = state["train_config"]
-    info = {  # a run started from earlier weights (--init) counts their training too
-        "steps": int(state["step"]) + int(tc.get("prior_steps", 0)),
-        "train_seconds": round(float(state["elapsed_seconds"]) + float(tc.get("prior_seconds", 0.0))),
+    steps, seconds = training_history(state)  # a run started from earlier weights counts their training too
+    info = {
+        "steps": steps,
+        "train_seconds": round(seconds),
         "train_config": state["train_config"],
         "parameters": sum(p.numel() for p in model.parameters()),
     }

@@ -7,6 +7,7 @@ decodes to the same symbols and the pixels differ by at most rounding of the flo
 
 from __future__ import annotations
 
+import hashlib
 import math
 import zlib
 from dataclasses import dataclass
@@ -41,8 +42,6 @@ class Symbols:
 
     def digest(self) -> str:
         """SHA-256 of the coded integers (z then y, little-endian int64): the same on every machine."""
-        import hashlib
-
         return hashlib.sha256(self.z.astype("<i8").tobytes() + self.y.astype("<i8").tobytes()).hexdigest()
 
 

@@ -107,6 +107,13 @@ def save_checkpoint(path: Path, model, optimizer, step: int, cfg: TrainConfig, e
     os.replace(tmp, path)
 
 
+def training_history(state: dict) -> tuple[int, float]:
+    """Steps and seconds of training behind a checkpoint, including those of the weights it started from."""
+    tc = state.get("train_config", {})
+    return (int(state.get("step", 0)) + int(tc.get("prior_steps", 0)),
+            float(state.get("elapsed_seconds", 0.0)) + float(tc.get("prior_seconds", 0.0)))
+
+
 def load_init_weights(model: GainedHyperprior, path: str) -> tuple[int, float]:
     """Start from a checkpoint (.pt) or a shipped model (.safetensors).
 
@@ -121,9 +128,7 @@ def load_init_weights(model: GainedHyperprior, path: str) -> tuple[int, float]:
         return int(info.get("steps", 0)), float(info.get("train_seconds", 0.0))
     state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
-    tc = state.get("train_config", {})
-    return (int(state.get("step", 0)) + int(tc.get("prior_steps", 0)),
-            float(state.get("elapsed_seconds", 0.0)) + float(tc.get("prior_seconds", 0.0)))
+    return training_history(state)
 
 
 @torch.no_grad()
