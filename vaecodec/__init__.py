@@ -38,13 +38,13 @@ def _codec(model=None):
     return _default_codec
 
 
-def encode(image, quality: float = 75.0, model=None) -> bytes:
-    """Encode a PIL image (or a path) into the bytes of a .vae file."""
+def encode(image, quality: float = 75.0, model=None, effort: int = 1) -> bytes:
+    """Encode a PIL image (or a path) into the bytes of a .vae file (effort 1..5: see Codec.encode)."""
     from .imageio import open_image
 
     if not hasattr(image, "mode"):
         image = open_image(image)
-    return _codec(model).encode(image, quality)
+    return _codec(model).encode(image, quality, effort=effort)
 
 
 def decode(data: bytes, model=None):

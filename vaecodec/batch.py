@@ -30,6 +30,7 @@ class Options:
     device: str = "cpu"
     threads: int | None = None
     quality: float = 75.0
+    effort: int = 1  # encoder search effort (refine.EFFORT_ITERATIONS)
     target_bytes: int | None = None
     target_bpp: float | None = None
     keep_metadata: bool = True
@@ -181,12 +182,12 @@ def _encode_one(job: Job, opts: Options, res: Result) -> bytes:
     if opts.target_bpp is not None:
         target = int(opts.target_bpp * w * h / 8)
     if target is not None:
-        data, fits = _codec.encode_to_size(planes, target, opts.keep_metadata)
+        data, fits = _codec.encode_to_size(planes, target, opts.keep_metadata, effort=opts.effort)
         if not fits:
             res.notes.append(f"even quality 1 needs {len(data)} bytes, over the target of {target}")
         res.quality = unpack(data).quality
     else:
-        data = _codec.encode_planes(planes, opts.quality, opts.keep_metadata)
+        data = _codec.encode_planes(planes, opts.quality, opts.keep_metadata, opts.effort)
         res.quality = quantize_quality(opts.quality)
     res.bytes = len(data)
     res.bpp = 8 * len(data) / (w * h)

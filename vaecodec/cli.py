@@ -154,14 +154,16 @@ def _run(mode, inputs, output, recursive, force, skip_existing, jobs, threads, m
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-q", "--quality", type=click.FloatRange(1, 100), default=75.0, show_default=True,
               help="Quality 1..100, higher is better (fractional values allowed).")
+@click.option("-e", "--effort", type=click.IntRange(1, 5), default=1, show_default=True,
+              help="Encoder effort 1..5: higher searches the latents longer for a better file (slower).")
 @click.option("--target-size", type=click.IntRange(1), help="Highest quality whose file fits in BYTES.")
 @click.option("--target-bpp", type=click.FloatRange(0, min_open=True), help="Highest quality at or under X bpp.")
 @_batch_options
-def encode(inputs, quality, target_size, target_bpp, **kw):
+def encode(inputs, quality, effort, target_size, target_bpp, **kw):
     """Encode images (files, directories, globs; any format Pillow reads) into .vae files."""
     if target_size and target_bpp:
         raise VaecodecError("--target-size and --target-bpp exclude each other")
-    _run("encode", inputs, quality=quality, target_bytes=target_size, target_bpp=target_bpp, **kw)
+    _run("encode", inputs, quality=quality, effort=effort, target_bytes=target_size, target_bpp=target_bpp, **kw)
 
 
 @main.command()
@@ -220,9 +222,11 @@ def info(inputs, as_json):
 @click.option("--baseline", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="Reuse the classical codecs' results from an earlier report on the same images.")
 @click.option("--limit", type=click.IntRange(1), help="Only the first N images.")
+@click.option("-e", "--effort", type=click.IntRange(1, 5), default=1, show_default=True,
+              help="vaecodec encoder effort (see encode --help).")
 @click.option("-m", "--model", type=click.Path(path_type=Path), help="Model file (default: shipped model).")
 @click.option("--device", type=DEVICE, default="cpu", show_default=True)
-def eval_cmd(directory, qualities, compare, json_out, plot_out, baseline, limit, model, device):
+def eval_cmd(directory, qualities, compare, json_out, plot_out, baseline, limit, effort, model, device):
     """Rate-distortion (bpp, PSNR, MS-SSIM), speed and BD-rates of vaecodec and classical codecs."""
     from .evaluate import CLASSICAL, format_table, missing_extras, plot, run_eval, save_json
 
@@ -244,7 +248,7 @@ def eval_cmd(directory, qualities, compare, json_out, plot_out, baseline, limit,
             raise VaecodecError(f"{baseline}: made on a different number of images")
         base = base_report["codecs"]
     codec = _make_codec(model, device)
-    report = run_eval(directory, codec, qs, names, limit, base)
+    report = run_eval(directory, codec, qs, names, limit, base, effort)
     click.echo(format_table(report["codecs"], report["bd_rate"]))
     if json_out:
         save_json(report, json_out)

@@ -22,6 +22,7 @@ from .integer_net import ACT_BITS
 from .model_io import LoadedModel, load_model
 from .network import STRIDE, quality_position
 from .range_coding import SymbolReader, SymbolWriter
+from .refine import DEFAULT_EFFORT, EFFORT_ITERATIONS, refine_tiled
 from .tiling import analyse_tiled, synthesize_tiled
 
 DEFAULT_QUALITY = 75.0
@@ -57,6 +58,7 @@ class Codec:
         self.levels = len(self.model.config.lambdas)
 
     # --- internals ------------------------------------------------------------------------------------
+    @torch.no_grad()
     def _gains(self, quality: float) -> tuple[torch.Tensor, torch.Tensor]:
         pos = torch.tensor([quality_position(quality, self.levels)], dtype=torch.float32, device=self.device)
         return self.net.gains_at(pos)
@@ -77,19 +79,32 @@ class Codec:
             idx[c] = np.clip(i, 0, len(self.model.y_tables) - 1)
         return means_int / float(2**ACT_BITS), idx
 
+    def _padded(self, rgb: np.ndarray) -> np.ndarray:
+        h, w = rgb.shape[:2]
+        ph, pw = math.ceil(h / STRIDE) * STRIDE, math.ceil(w / STRIDE) * STRIDE
+        return np.pad(rgb, ((0, ph - h), (0, pw - w), (0, 0)), mode="edge")
+
     @torch.inference_mode()
     def latents(self, rgb: np.ndarray) -> torch.Tensor:
         """Pixels (H, W, 3) uint8 -> analysis-transform output before any gain (quality-independent)."""
-        h, w = rgb.shape[:2]
-        ph, pw = math.ceil(h / STRIDE) * STRIDE, math.ceil(w / STRIDE) * STRIDE
-        padded = np.pad(rgb, ((0, ph - h), (0, pw - w), (0, 0)), mode="edge")
-        return analyse_tiled(self.net.g_a, padded, self.tile, self.device)
+        return analyse_tiled(self.net.g_a, self._padded(rgb), self.tile, self.device)
 
     @torch.inference_mode()
     def quantize(self, latents: torch.Tensor, quality: float) -> Symbols:
         """Analysis output -> integer symbols at the given quality."""
         gain, _ = self._gains(quality)
-        y = latents * gain
+        return self._symbols(latents * gain)
+
+    def refine(self, rgb: np.ndarray, latents: torch.Tensor, quality: float, effort: int) -> Symbols:
+        """Symbols after `EFFORT_ITERATIONS[effort]` gradient steps on the latents (see refine.py)."""
+        gain, _ = self._gains(quality)
+        y = refine_tiled(self.net, self._padded(rgb), latents * gain, quality_position(quality, self.levels),
+                         EFFORT_ITERATIONS[effort], max(8, self.tile * 3 // 4))
+        with torch.inference_mode():
+            return self._symbols(y)
+
+    def _symbols(self, y: torch.Tensor) -> Symbols:
+        """Gained latents -> hyper-latent symbols, exact hyper-synthesis, latent residuals."""
         z = self.net.h_a(y)
         z_sym = torch.round(z).clamp_(-Z_LIMIT, Z_LIMIT)[0].cpu().to(torch.int64).numpy()
         means, idx = self._hyper(z_sym, y.shape[2:])
@@ -98,9 +113,14 @@ class Codec:
             y_res[c] = np.clip(np.round(yc.astype(np.float64) - mc), -Y_LIMIT, Y_LIMIT)
         return Symbols(z_sym, y_res, means, idx)
 
-    def analyse(self, rgb: np.ndarray, quality: float) -> Symbols:
+    def analyse(self, rgb: np.ndarray, quality: float, effort: int = DEFAULT_EFFORT) -> Symbols:
         """Pixels (H, W, 3) uint8 -> integer symbols at the given quality."""
-        return self.quantize(self.latents(rgb), quality)
+        if effort not in EFFORT_ITERATIONS:
+            raise ValueError(f"effort must be one of {sorted(EFFORT_ITERATIONS)}, got {effort}")
+        latents = self.latents(rgb)
+        if EFFORT_ITERATIONS[effort] == 0:
+            return self.quantize(latents, quality)
+        return self.refine(rgb, latents, quality, effort)
 
     @torch.inference_mode()
     def synthesize(self, symbols: Symbols, quality: float, size: tuple[int, int]) -> np.ndarray:
@@ -152,15 +172,17 @@ class Codec:
             chunks.update({tag: data for tag, data in planes.metadata.items() if data})
         return chunks
 
-    def encode_planes(self, planes: Planes, quality: float = DEFAULT_QUALITY, keep_metadata: bool = True) -> bytes:
+    def encode_planes(self, planes: Planes, quality: float = DEFAULT_QUALITY, keep_metadata: bool = True,
+                      effort: int = DEFAULT_EFFORT) -> bytes:
         quality = quantize_quality(quality)
-        stream = self.write_stream(self.analyse(planes.rgb, quality))
+        stream = self.write_stream(self.analyse(planes.rgb, quality, effort))
         return self._pack(planes, quality, stream, self._chunks(planes, keep_metadata))
 
     def encode_to_size(self, planes: Planes, max_bytes: int, keep_metadata: bool = True,
-                       steps: int = 12) -> tuple[bytes, bool]:
+                       steps: int = 12, effort: int = DEFAULT_EFFORT) -> tuple[bytes, bool]:
         """The highest quality whose whole file fits in max_bytes (bisection over the continuous quality,
-        the analysis transform run once). Returns (file, fits); if even quality 1 is larger, that file."""
+        the analysis transform run once). Returns (file, fits); if even quality 1 is larger, that file.
+        With effort > 1 the latents at the chosen quality are then refined, kept only if the file still fits."""
         latents = self.latents(planes.rgb)
         chunks = self._chunks(planes, keep_metadata)
 
@@ -173,22 +195,30 @@ class Codec:
             return best, False
         top = make(100.0)
         if len(top) <= max_bytes:
-            return top, True
-        lo, hi = 1.0, 100.0
-        for _ in range(steps):
-            mid = (lo + hi) / 2
-            data = make(mid)
-            if len(data) <= max_bytes:
-                lo, best = mid, data
-            else:
-                hi = mid
-            if hi - lo < 0.02:
-                break
+            best = top
+        else:
+            lo, hi = 1.0, 100.0
+            for _ in range(steps):
+                mid = (lo + hi) / 2
+                data = make(mid)
+                if len(data) <= max_bytes:
+                    lo, best = mid, data
+                else:
+                    hi = mid
+                if hi - lo < 0.02:
+                    break
+        if EFFORT_ITERATIONS.get(effort, 0) > 0:
+            q = unpack(best).quality
+            refined = self._pack(planes, q, self.write_stream(self.refine(planes.rgb, latents, q, effort)), chunks)
+            if len(refined) <= max_bytes:
+                best = refined
         return best, True
 
-    def encode(self, image, quality: float = DEFAULT_QUALITY, keep_metadata: bool = True) -> bytes:
-        """PIL image -> .vae bytes (ICC profile, EXIF and XMP kept unless keep_metadata is False)."""
-        return self.encode_planes(to_planes(image), quality, keep_metadata)
+    def encode(self, image, quality: float = DEFAULT_QUALITY, keep_metadata: bool = True,
+               effort: int = DEFAULT_EFFORT) -> bytes:
+        """PIL image -> .vae bytes (ICC profile, EXIF and XMP kept unless keep_metadata is False).
+        Higher effort (1..5) searches the latents longer: smaller or better files, slower encoding."""
+        return self.encode_planes(to_planes(image), quality, keep_metadata, effort)
 
     def parse(self, data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> VaeFile:
         f = unpack(data, max_pixels=max_pixels)

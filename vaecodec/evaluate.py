@@ -91,14 +91,14 @@ def eval_classical(codec: Classical, images: list[tuple[str, np.ndarray]], progr
     return rows
 
 
-def eval_vaecodec(codec, images: list[tuple[str, np.ndarray]], qualities, progress) -> list[dict]:
+def eval_vaecodec(codec, images: list[tuple[str, np.ndarray]], qualities, progress, effort: int = 1) -> list[dict]:
     from .imageio import Planes
 
     rows = []
     for name, rgb in images:
         for q in qualities:
             t0 = time.perf_counter()
-            data = codec.encode_planes(Planes(rgb, "RGB"), q)
+            data = codec.encode_planes(Planes(rgb, "RGB"), q, effort=effort)
             t1 = time.perf_counter()
             out = np.asarray(codec.decode(data))
             t2 = time.perf_counter()
@@ -186,7 +186,7 @@ def format_table(results: dict, bd: dict) -> str:
 
 
 def run_eval(directory: Path, codec, qualities, compare: list[str], limit: int | None,
-             baseline: dict | None = None) -> dict:
+             baseline: dict | None = None, effort: int = 1) -> dict:
     from tqdm import tqdm
 
     images = load_images(directory, limit)
@@ -197,8 +197,9 @@ def run_eval(directory: Path, codec, qualities, compare: list[str], limit: int |
         len(images) * len(CLASSICAL[c].qualities) for c in compare if not (baseline and c in baseline))
     results = {}
     with tqdm(total=todo, desc="eval", unit="enc") as bar:
-        rows = eval_vaecodec(codec, images, qualities, bar)
-        results["vaecodec"] = {"settings": f"model {codec.model.name} ({codec.model.fingerprint[:16]})",
+        rows = eval_vaecodec(codec, images, qualities, bar, effort)
+        results["vaecodec"] = {"settings": f"model {codec.model.name} ({codec.model.fingerprint[:16]}), "
+                                           f"effort {effort}",
                                "points": summarize(rows), "images": rows}
         for name in compare:
             if baseline and name in baseline:
