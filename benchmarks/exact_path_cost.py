@@ -23,7 +23,6 @@ from vaecodec.entropy_models import gaussian_likelihood
 from vaecodec.evaluate import load_images
 from vaecodec.imageio import Planes
 from vaecodec.integer_net import ACT_BITS
-from vaecodec.network import quality_position
 
 
 @torch.inference_mode()
@@ -33,7 +32,7 @@ def ideal_bits(codec: Codec, rgb: np.ndarray, quality: float) -> tuple[float, fl
     h, w = x.shape[2:]
     ph, pw = math.ceil(h / 64) * 64, math.ceil(w / 64) * 64
     x = torch.nn.functional.pad(x, (0, pw - w, 0, ph - h), mode="replicate")
-    pos = torch.tensor([quality_position(quality, codec.levels)])
+    pos = torch.tensor([codec.position(quality)])
     gain, _ = net.gains_at(pos)
     y = net.g_a(x) * gain
     z = torch.round(net.h_a(y))

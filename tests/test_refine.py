@@ -14,9 +14,11 @@ from PIL import Image
 
 from vaecodec.cli import main
 from vaecodec.container import unpack
+from vaecodec.effort import EFFORT_ITERATIONS
+from vaecodec.errors import VaecodecError
 from vaecodec.imageio import Planes
 from vaecodec.network import quality_position
-from vaecodec.refine import EFFORT_ITERATIONS, lambda_at, rd_objective, refine_latents, refine_tiled
+from vaecodec.refine import lambda_at, rd_objective, refine_latents, refine_tiled
 
 
 def _objective(codec, rgb, y, quality):
@@ -44,10 +46,11 @@ def test_refinement_lowers_the_rate_distortion_objective(shipped_codec, quality)
     lat = shipped_codec.latents(rgb)
     gain, _ = shipped_codec._gains(quality)
     y0 = (lat * gain).clone()
-    y = refine_tiled(shipped_codec.net, shipped_codec._padded(rgb), y0, quality_position(quality, 8), 8, 48)
+    pos = quality_position(quality, shipped_codec.levels)
+    y = refine_tiled(shipped_codec.net, shipped_codec._padded(rgb), y0, pos, 8, 48)
     assert y.shape == y0.shape and not torch.equal(y, y0)
     assert _objective(shipped_codec, rgb, y, quality) < _objective(shipped_codec, rgb, y0, quality) * 0.99
-    assert not any(p.requires_grad is False for p in shipped_codec.net.parameters())  # flags restored
+    assert all(p.grad is None for p in shipped_codec.net.parameters())  # the model itself is untouched
 
 
 def test_refine_never_returns_worse_than_the_start(tiny_codec):
@@ -66,13 +69,39 @@ def test_refine_never_returns_worse_than_the_start(tiny_codec):
     assert after <= before
 
 
-def test_tiled_refinement_covers_every_latent(shipped_codec):
-    rgb = natural_image(200, 136)  # 13x9 latents after padding to 256x192... tiles of 4 leave ragged edges
-    lat = shipped_codec.latents(rgb)
-    y0 = lat * shipped_codec._gains(60)[0]
-    y = refine_tiled(shipped_codec.net, shipped_codec._padded(rgb), y0.clone(), quality_position(60, 8), 3, 4)
-    changed = (y - y0).abs().amax(dim=1)[0] > 0
-    assert changed.float().mean() > 0.9  # every tile was refined, including the ragged last row/column
+def test_tiled_refinement_maps_every_tile_back_to_its_place(shipped_codec, monkeypatch):
+    """A fake search that adds 1 to its free latents: every latent must come back +1 exactly once, and each
+    search must see the pixels of its own patch (16 per latent), with ragged last tiles."""
+    import vaecodec.refine as refine
+
+    seen = []
+
+    def fake(net, x, y, position, iterations, free=None, valid=None):
+        seen.append((tuple(x.shape[-2:]), tuple(y.shape[-2:]), valid))
+        assert x.shape[-2] == 16 * y.shape[-2] and x.shape[-1] == 16 * y.shape[-1]
+        return y + free
+
+    monkeypatch.setattr(refine, "refine_latents", fake)
+    rgb = natural_image(200, 136)  # padded to 256x192: 16x12 latents, tiles of 8 leave a ragged last row
+    y0 = torch.randn(1, shipped_codec.model.config.M, 12, 16)
+    y = refine_tiled(shipped_codec.net, shipped_codec._padded(rgb), y0.clone(), 3.0, 2, 8, (200, 136))
+    assert torch.allclose(y, y0 + 1)
+    assert len(seen) == 4 and all(v[0] <= 136 and v[1] <= 200 for _, _, v in seen)
+
+
+def test_padding_does_not_count_as_distortion(shipped_codec):
+    net = shipped_codec.net
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        y = net.g_a(x)
+        _, inv_gain = net.gains_at(torch.tensor([2.0]))
+        full = rd_objective(net, y, x, inv_gain, 0.01)
+        x2 = x.clone()
+        x2[:, :, 40:, :] = 0.5  # change only rows outside the valid area
+        part = rd_objective(net, y, x, inv_gain, 0.01, valid=(40, 64))
+        part2 = rd_objective(net, y, x2, inv_gain, 0.01, valid=(40, 64))
+    assert float(part[2]) == pytest.approx(float(part2[2]))
+    assert float(part[1]) == pytest.approx(float(full[1]) * 64 / 40)  # same bits over fewer real pixels
 
 
 def test_higher_effort_file_decodes_with_the_unchanged_decoder_and_is_better(shipped_codec):
@@ -85,7 +114,7 @@ def test_higher_effort_file_decodes_with_the_unchanged_decoder_and_is_better(shi
     out_better = np.asarray(shipped_codec.decode(better))
     assert out_better.shape == rgb.shape
     # the RD cost (bits + lambda * 255^2 * MSE, per pixel) of the real files must drop
-    lam = lambda_at(shipped_codec.net, quality_position(50, 8))
+    lam = lambda_at(shipped_codec.net, quality_position(50, shipped_codec.levels))
 
     def cost(data, out):
         mse = np.mean((out.astype(np.float64) - rgb) ** 2)
@@ -95,16 +124,22 @@ def test_higher_effort_file_decodes_with_the_unchanged_decoder_and_is_better(shi
     assert psnr(rgb, out_better) > psnr(rgb, out_plain) - 0.5
 
 
-def test_effort_with_target_size_still_fits(shipped_codec):
+@pytest.mark.parametrize("target", [1200, 10**7])  # a mid-range target, and one that quality 100 fits
+def test_effort_with_target_size_refines_and_still_fits(shipped_codec, target):
     planes = Planes(natural_image(128, 128), "RGB")
-    target = 1200
+    plain, _ = shipped_codec.encode_to_size(planes, target, effort=1)
     data, fits = shipped_codec.encode_to_size(planes, target, effort=3)
     assert fits and len(data) <= target
+    assert data != plain  # the refined stream was kept
+    assert unpack(data).quality <= unpack(plain).quality
 
 
 def test_unknown_effort_is_rejected(shipped_codec):
-    with pytest.raises(ValueError):
-        shipped_codec.analyse(natural_image(64, 64), 50, effort=max(EFFORT_ITERATIONS) + 1)
+    for bad in (0, max(EFFORT_ITERATIONS) + 1):
+        with pytest.raises(VaecodecError):
+            shipped_codec.analyse(natural_image(64, 64), 50, effort=bad)
+        with pytest.raises(VaecodecError):
+            shipped_codec.encode_to_size(Planes(natural_image(64, 64), "RGB"), 5000, effort=bad)
 
 
 def test_cli_effort_option(tmp_path):
@@ -112,7 +147,11 @@ def test_cli_effort_option(tmp_path):
     Image.fromarray(natural_image(96, 64)).save(src)
     r = CliRunner().invoke(main, ["encode", str(src), "-o", str(tmp_path / "a.vae"), "-e", "2"])
     assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["encode", str(src), "-o", str(tmp_path / "a1.vae")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "a.vae").read_bytes() != (tmp_path / "a1.vae").read_bytes()  # the option reached the codec
     r = CliRunner().invoke(main, ["decode", str(tmp_path / "a.vae"), "-o", str(tmp_path / "b.png")])
     assert r.exit_code == 0 and Image.open(tmp_path / "b.png").size == (96, 64)
     r = CliRunner().invoke(main, ["encode", str(src), "-o", str(tmp_path / "c.vae"), "-e", "9"])
-    assert r.exit_code != 0 and not (tmp_path / "c.vae").exists()
+    assert r.exit_code == 2 and not (tmp_path / "c.vae").exists()
+    assert r.output.strip().count("\n") == 0 and r.output.startswith("vaecodec: error:")  # one line

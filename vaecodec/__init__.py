@@ -38,7 +38,7 @@ def _codec(model=None):
     return _default_codec
 
 
-def encode(image, quality: float = 75.0, model=None, effort: int = 1) -> bytes:
+def encode(image, quality: float = 75.0, model=None, effort: int = 1) -> bytes:  # 1 = effort.DEFAULT_EFFORT
     """Encode a PIL image (or a path) into the bytes of a .vae file (effort 1..5: see Codec.encode)."""
     from .imageio import open_image
 

@@ -13,6 +13,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .effort import DEFAULT_EFFORT
 from .errors import VaecodecError
 from .imageio import IMAGE_SUFFIXES  # noqa: F401  (re-exported for the CLI)
 
@@ -30,7 +31,7 @@ class Options:
     device: str = "cpu"
     threads: int | None = None
     quality: float = 75.0
-    effort: int = 1  # encoder search effort (refine.EFFORT_ITERATIONS)
+    effort: int = DEFAULT_EFFORT  # encoder search effort (effort.EFFORT_ITERATIONS)
     target_bytes: int | None = None
     target_bpp: float | None = None
     keep_metadata: bool = True
@@ -126,10 +127,14 @@ def _init_worker(opts: Options, in_pool: bool = False) -> None:
     if opts.device.startswith("cuda") and not torch.cuda.is_available():
         raise VaecodecError("--device cuda was asked for, but no CUDA device is available")
     from .model_io import load_model
+    from .refine import refine_tile_for_memory
     from .tiling import tile_for_memory
 
     model = load_model(opts.model)
-    kwargs = {"tile": tile_for_memory(opts.max_memory, model.config.N)} if opts.max_memory else {}
+    kwargs = {}
+    if opts.max_memory:
+        kwargs = {"tile": tile_for_memory(opts.max_memory, model.config.N),
+                  "refine_tile": refine_tile_for_memory(opts.max_memory, model.config.N)}
     _codec = Codec(model, device=opts.device, **kwargs)
 
 

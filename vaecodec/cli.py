@@ -12,6 +12,7 @@ import click
 
 from . import __version__
 from .container import DEFAULT_MAX_PIXELS
+from .effort import DEFAULT_EFFORT, EFFORT_ITERATIONS, MAX_EFFORT, MIN_EFFORT
 from .errors import VaecodecError
 
 DEVICE = click.Choice(["cpu", "cuda"])
@@ -34,6 +35,8 @@ class _Group(click.Group):
             _fail("interrupted", 130)
         except MemoryError:
             _fail("out of memory (try a smaller image or --max-pixels)", 1)
+        except click.UsageError as exc:  # a bad option value: one line, like every other error
+            _fail(exc.format_message(), 2)
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
         except Exception as exc:  # an unexpected bug: still one line unless debugging
@@ -81,7 +84,8 @@ def _batch_options(f):
         click.option("--max-pixels", type=click.IntRange(1), default=DEFAULT_MAX_PIXELS, show_default=True,
                      help="Refuse larger images."),
         click.option("--max-memory", type=click.IntRange(1), metavar="MB",
-                     help="Working memory for the transforms in MB (sets the tile size; default ~600 MB)."),
+                     help="Working memory for the transforms in MB (sets the tile sizes; default ~0.75 GB, "
+                          "~1.5 GB at --effort 2+)."),
         click.option("--strip", is_flag=True, help="Drop ICC profile, EXIF and XMP metadata."),
         click.option("--json", "as_json", is_flag=True, help="One JSON object per file on stdout."),
         click.option("-v", "--verbose", is_flag=True, help="Print size, bpp and time per file."),
@@ -154,8 +158,11 @@ def _run(mode, inputs, output, recursive, force, skip_existing, jobs, threads, m
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-q", "--quality", type=click.FloatRange(1, 100), default=75.0, show_default=True,
               help="Quality 1..100, higher is better (fractional values allowed).")
-@click.option("-e", "--effort", type=click.IntRange(1, 5), default=1, show_default=True,
-              help="Encoder effort 1..5: higher searches the latents longer for a better file (slower).")
+@click.option("-e", "--effort", type=click.IntRange(MIN_EFFORT, MAX_EFFORT), default=DEFAULT_EFFORT,
+              show_default=True,
+              help=f"Encoder effort {MIN_EFFORT}..{MAX_EFFORT}: levels above {MIN_EFFORT} refine the latents with "
+                   + "/".join(str(n) for n in EFFORT_ITERATIONS.values() if n)
+                   + " gradient steps for a better size/quality trade-off; much slower. Decoding is unaffected.")
 @click.option("--target-size", type=click.IntRange(1), help="Highest quality whose file fits in BYTES.")
 @click.option("--target-bpp", type=click.FloatRange(0, min_open=True), help="Highest quality at or under X bpp.")
 @_batch_options
@@ -222,8 +229,8 @@ def info(inputs, as_json):
 @click.option("--baseline", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="Reuse the classical codecs' results from an earlier report on the same images.")
 @click.option("--limit", type=click.IntRange(1), help="Only the first N images.")
-@click.option("-e", "--effort", type=click.IntRange(1, 5), default=1, show_default=True,
-              help="vaecodec encoder effort (see encode --help).")
+@click.option("-e", "--effort", type=click.IntRange(MIN_EFFORT, MAX_EFFORT), default=DEFAULT_EFFORT,
+              show_default=True, help="vaecodec encoder effort (see encode --help).")
 @click.option("-m", "--model", type=click.Path(path_type=Path), help="Model file (default: shipped model).")
 @click.option("--device", type=DEVICE, default="cpu", show_default=True)
 def eval_cmd(directory, qualities, compare, json_out, plot_out, baseline, limit, effort, model, device):

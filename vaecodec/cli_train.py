@@ -85,11 +85,16 @@ def _model_path(path: Path) -> Path:
     return path if path.suffix == ".safetensors" else path.with_name(path.name + ".safetensors")
 
 
-def _export(ckpt: Path, out: Path, name: str, half: bool) -> None:
+def _export(ckpt: Path, out: Path, name: str, half: bool, lowest_position: float | None = None) -> None:
+    import dataclasses
+
     import torch
 
     from .model_io import export_model
-    from .network import GainedHyperprior, ModelConfig
+    from .network import DEFAULT_LOWEST_POSITION, GainedHyperprior, ModelConfig
+
+    if lowest_position is None:
+        lowest_position = DEFAULT_LOWEST_POSITION
     from .train import training_history
 
     if ckpt.is_dir():
@@ -97,7 +102,8 @@ def _export(ckpt: Path, out: Path, name: str, half: bool) -> None:
     if not ckpt.is_file():
         raise VaecodecError(f"{ckpt}: no checkpoint there")
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    model = GainedHyperprior(ModelConfig.from_dict(state["model_config"]))
+    config = dataclasses.replace(ModelConfig.from_dict(state["model_config"]), lowest_position=lowest_position)
+    model = GainedHyperprior(config)
     model.load_state_dict(state["model"])
     steps, seconds = training_history(state)  # a run started from earlier weights counts their training too
     info = {
@@ -119,13 +125,16 @@ def _export(ckpt: Path, out: Path, name: str, half: bool) -> None:
               help="Model file to write (NAME.safetensors; a NAME.json card goes beside it).")
 @click.option("--name", help="Model name stored in .vae files (default: the output's stem).")
 @click.option("--fp32", is_flag=True, help="Keep transform weights in float32 instead of float16.")
+@click.option("--lowest-position", type=click.FloatRange(-4, 0), default=-2.0, show_default=True,  # network.py's
+              help="Position among the trained lambdas that quality 1 maps to; below 0 extrapolates the gains "
+                   "to lower rates than were trained.")
 @click.option("-f", "--force", is_flag=True, help="Replace an existing model file.")
-def export(checkpoint, output, name, fp32, force):
+def export(checkpoint, output, name, fp32, lowest_position, force):
     """Export a training checkpoint (or run folder) into a shipped model file plus its card."""
     output = _model_path(output)
     if output.exists() and not force:
         raise VaecodecError(f"{output} already exists (use --force to replace it)")
-    _export(checkpoint, output, name or output.stem, half=not fp32)
+    _export(checkpoint, output, name or output.stem, half=not fp32, lowest_position=lowest_position)
 
 
 @click.command()

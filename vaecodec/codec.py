@@ -16,13 +16,14 @@ import numpy as np
 import torch
 
 from .container import DEFAULT_MAX_PIXELS, VaeFile, pack, quantize_quality, unpack
+from .effort import DEFAULT_EFFORT, EFFORT_ITERATIONS, check_effort
 from .errors import CorruptFileError, ModelMismatchError
 from .imageio import METADATA_CHUNKS, Planes, from_planes, to_planes
 from .integer_net import ACT_BITS
 from .model_io import LoadedModel, load_model
 from .network import STRIDE, quality_position
 from .range_coding import SymbolReader, SymbolWriter
-from .refine import DEFAULT_EFFORT, EFFORT_ITERATIONS, refine_tiled
+from .refine import DEFAULT_REFINE_TILE, refine_tiled
 from .tiling import analyse_tiled, synthesize_tiled
 
 DEFAULT_QUALITY = 75.0
@@ -49,18 +50,24 @@ class Symbols:
 class Codec:
     """A loaded model plus the encode/decode pipeline. Reuse one instance: loading costs more than coding."""
 
-    def __init__(self, model: LoadedModel | str | None = None, device: str = "cpu", tile: int = DEFAULT_TILE):
+    def __init__(self, model: LoadedModel | str | None = None, device: str = "cpu", tile: int = DEFAULT_TILE,
+                 refine_tile: int = DEFAULT_REFINE_TILE):
         self.model = model if isinstance(model, LoadedModel) else load_model(model)
         self.device = torch.device(device)
         self.tile = tile  # latents per tile side: bounds the transforms' memory whatever the image size
+        self.refine_tile = refine_tile  # likewise for the latent search of effort >= 2 (about 3x per pixel)
         # channels_last makes oneDNN's convolutions markedly faster on CPU; it never touches the symbols' path
         self.net = self.model.network.to(self.device).eval().to(memory_format=torch.channels_last)
         self.levels = len(self.model.config.lambdas)
 
     # --- internals ------------------------------------------------------------------------------------
+    def position(self, quality: float) -> float:
+        """Where a quality sits among the model's trained lambdas (fractional; below 0 extrapolates)."""
+        return quality_position(quality, self.levels, self.model.config.lowest_position)
+
     @torch.no_grad()
     def _gains(self, quality: float) -> tuple[torch.Tensor, torch.Tensor]:
-        pos = torch.tensor([quality_position(quality, self.levels)], dtype=torch.float32, device=self.device)
+        pos = torch.tensor([self.position(quality)], dtype=torch.float32, device=self.device)
         return self.net.gains_at(pos)
 
     def _hyper(self, z_symbols: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -98,8 +105,8 @@ class Codec:
     def refine(self, rgb: np.ndarray, latents: torch.Tensor, quality: float, effort: int) -> Symbols:
         """Symbols after `EFFORT_ITERATIONS[effort]` gradient steps on the latents (see refine.py)."""
         gain, _ = self._gains(quality)
-        y = refine_tiled(self.net, self._padded(rgb), latents * gain, quality_position(quality, self.levels),
-                         EFFORT_ITERATIONS[effort], max(8, self.tile * 3 // 4))
+        y = refine_tiled(self.net, self._padded(rgb), latents * gain, self.position(quality),
+                         EFFORT_ITERATIONS[check_effort(effort)], self.refine_tile, (rgb.shape[1], rgb.shape[0]))
         with torch.inference_mode():
             return self._symbols(y)
 
@@ -115,8 +122,7 @@ class Codec:
 
     def analyse(self, rgb: np.ndarray, quality: float, effort: int = DEFAULT_EFFORT) -> Symbols:
         """Pixels (H, W, 3) uint8 -> integer symbols at the given quality."""
-        if effort not in EFFORT_ITERATIONS:
-            raise ValueError(f"effort must be one of {sorted(EFFORT_ITERATIONS)}, got {effort}")
+        check_effort(effort)
         latents = self.latents(rgb)
         if EFFORT_ITERATIONS[effort] == 0:
             return self.quantize(latents, quality)
@@ -182,16 +188,28 @@ class Codec:
                        steps: int = 12, effort: int = DEFAULT_EFFORT) -> tuple[bytes, bool]:
         """The highest quality whose whole file fits in max_bytes (bisection over the continuous quality,
         the analysis transform run once). Returns (file, fits); if even quality 1 is larger, that file.
-        With effort > 1 the latents at the chosen quality are then refined, kept only if the file still fits."""
+        With effort > 1 the latents are then refined at the chosen quality, or at slightly lower ones if the
+        refined file would overshoot; the plain file is kept if no refined one fits."""
         latents = self.latents(planes.rgb)
         chunks = self._chunks(planes, keep_metadata)
 
+        sizes: dict[float, int] = {}
+
         def make(q: float) -> bytes:
             q = quantize_quality(q)
-            return self._pack(planes, q, self.write_stream(self.quantize(latents, q)), chunks)
+            data = self._pack(planes, q, self.write_stream(self.quantize(latents, q)), chunks)
+            sizes[q] = len(data)
+            return data
 
+        def make_refined(q: float) -> bytes:
+            return self._pack(planes, q, self.write_stream(self.refine(planes.rgb, latents, q, effort)), chunks)
+
+        refining = EFFORT_ITERATIONS[check_effort(effort)] > 0
         best = make(1.0)
         if len(best) > max_bytes:
+            if refining:
+                refined = make_refined(unpack(best).quality)
+                return (refined, True) if len(refined) <= max_bytes else (min(best, refined, key=len), False)
             return best, False
         top = make(100.0)
         if len(top) <= max_bytes:
@@ -207,17 +225,24 @@ class Codec:
                     hi = mid
                 if hi - lo < 0.02:
                     break
-        if EFFORT_ITERATIONS.get(effort, 0) > 0:
-            q = unpack(best).quality
-            refined = self._pack(planes, q, self.write_stream(self.refine(planes.rgb, latents, q, effort)), chunks)
+        if not refining:
+            return best, True
+        # Refinement moves the rate a few percent either way at a fixed quality, so try the plain search's
+        # answer first, then the qualities whose plain files left 2% and 5% of the budget free.
+        q_best = unpack(best).quality
+        tries = [q_best] + [max((q for q, n in sizes.items() if n <= max_bytes * f), default=1.0)
+                            for f in (0.98, 0.95)]
+        for q in dict.fromkeys(tries):
+            refined = make_refined(q)
             if len(refined) <= max_bytes:
-                best = refined
-        return best, True
+                return refined, True
+        return best, True  # no refined file fits: the plain one does
 
     def encode(self, image, quality: float = DEFAULT_QUALITY, keep_metadata: bool = True,
                effort: int = DEFAULT_EFFORT) -> bytes:
         """PIL image -> .vae bytes (ICC profile, EXIF and XMP kept unless keep_metadata is False).
-        Higher effort (1..5) searches the latents longer: smaller or better files, slower encoding."""
+        Higher effort (1..5) searches the latents longer: a better size/quality trade-off (at a fixed quality
+        usually a better image, not always a smaller file), much slower encoding."""
         return self.encode_planes(to_planes(image), quality, keep_metadata, effort)
 
     def parse(self, data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> VaeFile:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .effort import DEFAULT_EFFORT
 from .metrics import bd_rate, ms_ssim, ms_ssim_db, psnr
 
 DEFAULT_QUALITIES = (5, 20, 35, 50, 65, 80, 92, 100)
@@ -91,7 +92,8 @@ def eval_classical(codec: Classical, images: list[tuple[str, np.ndarray]], progr
     return rows
 
 
-def eval_vaecodec(codec, images: list[tuple[str, np.ndarray]], qualities, progress, effort: int = 1) -> list[dict]:
+def eval_vaecodec(codec, images: list[tuple[str, np.ndarray]], qualities, progress,
+                  effort: int = DEFAULT_EFFORT) -> list[dict]:
     from .imageio import Planes
 
     rows = []
@@ -186,7 +188,7 @@ def format_table(results: dict, bd: dict) -> str:
 
 
 def run_eval(directory: Path, codec, qualities, compare: list[str], limit: int | None,
-             baseline: dict | None = None, effort: int = 1) -> dict:
+             baseline: dict | None = None, effort: int = DEFAULT_EFFORT) -> dict:
     from tqdm import tqdm
 
     images = load_images(directory, limit)

@@ -15,6 +15,7 @@ from .entropy_models import FactorizedDensity, gaussian_likelihood
 from .layers import GDN, conv, deconv
 
 DEFAULT_LAMBDAS = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.18)
+DEFAULT_LOWEST_POSITION = -2.0  # quality 1 sits two lambda steps below the lowest trained one
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,9 @@ class ModelConfig:
     N: int = 128
     M: int = 192
     lambdas: tuple[float, ...] = field(default=DEFAULT_LAMBDAS)
+    # Position among the trained lambdas that quality 1 maps to (quality 100 maps to the last one). Below 0 the
+    # gains are extrapolated log-linearly, which reaches lower rates than were trained at a graceful loss.
+    lowest_position: float = DEFAULT_LOWEST_POSITION
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -35,6 +39,7 @@ class ModelConfig:
     def from_dict(cls, d: dict) -> ModelConfig:
         d = dict(d)
         d["lambdas"] = tuple(float(x) for x in d["lambdas"])
+        d["lowest_position"] = float(d.get("lowest_position", 0.0))  # files from before the field: first lambda
         return cls(**d)
 
 
@@ -46,10 +51,10 @@ def ste_round(x: torch.Tensor) -> torch.Tensor:
     return x + (torch.round(x) - x).detach()
 
 
-def quality_position(quality: float, levels: int) -> float:
-    """Map quality 1..100 linearly onto the continuous position 0..levels-1 among the trained lambdas."""
+def quality_position(quality: float, levels: int, lowest: float = 0.0) -> float:
+    """Map quality 1..100 linearly onto the continuous position lowest..levels-1 among the trained lambdas."""
     q = min(max(float(quality), 1.0), 100.0)
-    return (q - 1.0) / 99.0 * (levels - 1)
+    return lowest + (q - 1.0) / 99.0 * (levels - 1 - lowest)
 
 
 class GainedHyperprior(nn.Module):
@@ -80,10 +85,11 @@ class GainedHyperprior(nn.Module):
 
     # --- gains ------------------------------------------------------------------------------------------
     def gains_at(self, position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(gain, inverse gain), each (B, M, 1, 1), at continuous positions (B,) among the lambdas."""
+        """(gain, inverse gain), each (B, M, 1, 1), at continuous positions (B,) among the lambdas; positions
+        below 0 (down to config.lowest_position) extrapolate the first segment in the log domain."""
         L = self.log_gain.shape[0]
-        position = position.clamp(0, L - 1)
-        lo = position.floor().long().clamp(max=L - 2) if L > 1 else position.long()
+        position = position.clamp(min(self.config.lowest_position, 0.0), L - 1)
+        lo = position.floor().long().clamp(0, L - 2) if L > 1 else torch.zeros_like(position, dtype=torch.long)
         frac = (position - lo.to(position.dtype))[:, None]
         if L > 1:
             lg = self.log_gain[lo] * (1 - frac) + self.log_gain[lo + 1] * frac
