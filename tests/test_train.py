@@ -95,3 +95,4 @@ def test_model_card_from_an_eval_report(tmp_path, tiny_model_path):
     assert r.exit_code == 0, r.output
     text = model.with_suffix(".md").read_text()
     assert "Model card: `tiny`" in text and "| 20 |" in text and "| jpeg |" in text
+    assert "positions -2..2 among" in text and "effort 1" in text  # the quality mapping and encoder setting

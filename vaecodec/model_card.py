@@ -28,13 +28,15 @@ def write_card(model_file: Path, report: dict, data: str, report_path: Path) -> 
         f"{len(cfg.lambdas)} trade-offs λ = {', '.join(f'{x:g}' for x in cfg.lambdas)}",
         "- Weights: analysis/synthesis transforms in float16; hyper-synthesis as an exact integer network "
         "(int16 weights, 8 fractional activation bits); 64 Gaussian and per-channel hyper-latent tables (16-bit)",
+        f"- Quality: 1..100 maps linearly onto positions {cfg.lowest_position:g}..{len(cfg.lambdas) - 1} among the "
+        "λ (log-domain interpolation of the gains; below 0 extrapolated to lower rates than trained)",
         f"- Data: {data}; Kodak was never used for training or model selection",
         f"- Training: {training.get('steps', '?')} steps of batch {tc.get('batch_size', '?')} × "
         f"{tc.get('crop', '?')}² crops, Adam lr {tc.get('lr', '?')}, loss bpp + λ·255²·MSE with λ drawn per "
         f"sample; {training.get('train_seconds', 0) / 3600:.2f} h wall-clock on 2 CPU cores (torch.compile; "
         "bf16 autocast where the CPU has native bf16, else fp32)",
         "",
-        f"## Kodak ({report['images']} images), measured with `vaecodec eval`",
+        f"## Kodak ({report['images']} images), measured with `vaecodec eval` ({vae.get('settings', '')})",
         "",
         "| quality | bpp | PSNR (dB) | MS-SSIM | MS-SSIM (dB) | encode s | decode s |",
         "|---:|---:|---:|---:|---:|---:|---:|",
