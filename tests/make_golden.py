@@ -18,4 +18,6 @@ s = codec.read_stream(f.payload, (f.width, f.height))
 (HERE / "data" / "golden_hp1.json").write_text(json.dumps({
     "model_fingerprint": codec.model.fingerprint,
     "symbols_sha256": s.digest(),
+    "decoded_psnr": round(float(10 * np.log10(255.0**2 / np.mean(
+        (np.asarray(codec.decode(data)).astype(np.float64) - rgb) ** 2))), 4),
 }, indent=1) + "\n")

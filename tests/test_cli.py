@@ -135,3 +135,11 @@ def test_shipped_model_is_found_from_any_directory(tmp_path):
     code = "from vaecodec.model_io import default_model_path as d; p = d(); print(p.exists(), p.stat().st_size)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0 and r.stdout.startswith("True")
+
+
+def test_usage_errors_are_one_line_with_exit_status_2():
+    for args in (["--bogus"], ["encode", "x.png", "-q", "101"], ["nosuch"], ["decode"]):
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 2, (args, r.output)
+        lines = r.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("vaecodec: error:") and "--help" in lines[0], r.output

@@ -5,8 +5,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 DATA = Path(__file__).resolve().parent / "data"
+SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "kodim23.png"
 
 
 def test_golden_file_decodes_to_the_recorded_symbols(shipped_codec):
@@ -19,3 +21,7 @@ def test_golden_file_decodes_to_the_recorded_symbols(shipped_codec):
     assert s.digest() == expected["symbols_sha256"]
     out = np.asarray(shipped_codec.decode(data))
     assert out.shape == (f.height, f.width, 3)
+    # the pixels too (quality -> inverse gain must not drift): float synthesis may move a pixel by 1 at most
+    src = np.asarray(Image.open(SAMPLE).convert("RGB"))[200:264, 300:380].astype(np.float64)
+    psnr = 10 * np.log10(255.0**2 / np.mean((out.astype(np.float64) - src) ** 2))
+    assert abs(psnr - expected["decoded_psnr"]) < 0.05

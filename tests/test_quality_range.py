@@ -4,11 +4,13 @@ recorded in the model file so files keep decoding with the mapping they were mad
 from __future__ import annotations
 
 import dataclasses
+import math
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import natural_image
+from conftest import natural_image, psnr
 
 from vaecodec.cli import main
 from vaecodec.codec import Codec
@@ -34,15 +36,29 @@ def test_config_without_the_field_keeps_the_old_mapping():
 
 
 def test_gains_and_lambda_extrapolate_below_the_first_trained_value():
-    net = GainedHyperprior(ModelConfig(N=16, M=24, lambdas=(0.002, 0.02, 0.2), lowest_position=-2.0))
+    lams = (0.002, 0.01, 0.2)  # uneven steps: only the first segment's slope gives the right answer
+    net = GainedHyperprior(ModelConfig(N=16, M=24, lambdas=lams, lowest_position=-2.0))
+    torch.manual_seed(3)
     with torch.no_grad():
-        g = [net.gains_at(torch.tensor([p]))[0].log().flatten() for p in (-2.0, -1.0, 0.0, 1.0)]
-        g_clamped = net.gains_at(torch.tensor([-5.0]))[0].log().flatten()
-    step = g[3] - g[2]
-    assert torch.allclose(g[1], g[2] - step, atol=1e-5) and torch.allclose(g[0], g[2] - 2 * step, atol=1e-5)
-    assert torch.allclose(g_clamped, g[0])  # never beyond lowest_position
-    assert lambda_at(net, -1.0) == pytest.approx(0.002 * 0.1)
-    assert lambda_at(net, -9.0) == pytest.approx(0.002 * 0.01)
+        net.log_gain.copy_(torch.randn_like(net.log_gain))
+        net.log_inv_gain.copy_(torch.randn_like(net.log_inv_gain))
+        for which in (0, 1):
+            g = {p: net.gains_at(torch.tensor([p]))[which].log().flatten() for p in (-2.0, -1.0, -0.5, 0.0, 1.0)}
+            table = (net.log_gain, net.log_inv_gain)[which]
+            step = table[1] - table[0]
+            for p in (-2.0, -1.0, -0.5):
+                assert torch.allclose(g[p], table[0] + p * step, atol=1e-5)
+            assert torch.allclose(g[1.0], table[1], atol=1e-6)
+            assert torch.allclose(net.gains_at(torch.tensor([-5.0]))[which].log().flatten(), g[-2.0])  # clamped
+    assert lambda_at(net, -1.0) == pytest.approx(0.002 / 5)
+    assert lambda_at(net, -9.0) == pytest.approx(0.002 / 25)
+    assert lambda_at(net, 1.5) == pytest.approx(math.sqrt(0.01 * 0.2))
+
+
+def test_lowest_position_must_be_finite_and_below_the_last_lambda():
+    for bad in (float("nan"), 2.0, -100.0):
+        with pytest.raises(ValueError):
+            ModelConfig(lambdas=(0.01, 0.1, 1.0), lowest_position=bad)
 
 
 def test_lowest_position_reaches_lower_rates_and_travels_in_the_model_file(tmp_path):
@@ -57,7 +73,29 @@ def test_lowest_position_reaches_lower_rates_and_travels_in_the_model_file(tmp_p
     a, b = Codec(old), Codec(new)
     assert len(b.encode_planes(planes, 1)) < 0.8 * len(a.encode_planes(planes, 1))
     assert a.analyse(planes.rgb, 100).digest() == b.analyse(planes.rgb, 100).digest()  # same top end
-    assert b.decode(b.encode_planes(planes, 1)).size == (256, 192)
+    out = np.asarray(b.decode(b.encode_planes(planes, 1)))
+    with torch.no_grad():  # the decoder must use the same extrapolated gains as the encoder
+        x = torch.from_numpy(planes.rgb.copy()).permute(2, 0, 1)[None].float() / 255
+        est = (b.net.estimate(x, -2.0)["x_hat"].clamp(0, 1) * 255).round()[0].permute(1, 2, 0).numpy()
+    # the exact coding path may round a few means differently from the float estimate; a decoder using another
+    # position (e.g. 0) would scale every latent wrongly, far below this
+    assert psnr(out, est.astype(np.uint8)) > 40
+
+
+def test_export_writes_the_lowest_position(tmp_path, tiny_model_path):
+    from vaecodec.model_io import load_float_state
+
+    cfg = ModelConfig(N=16, M=24, lambdas=(0.002, 0.02, 0.2)).to_dict()
+    del cfg["lowest_position"]  # a checkpoint from before the field
+    state = {"model": load_float_state(tiny_model_path), "model_config": cfg, "step": 3,
+             "train_config": {"batch_size": 1}, "elapsed": 1.0}
+    ckpt = tmp_path / "last.pt"
+    torch.save(state, ckpt)
+    for args, expect in (([], DEFAULT_LOWEST_POSITION), (["--lowest-position", "-1"], -1.0)):
+        out = tmp_path / f"m{len(args)}.safetensors"
+        r = CliRunner().invoke(main, ["export", str(ckpt), "-o", str(out), *args])
+        assert r.exit_code == 0, r.output
+        assert load_model(out).config.lowest_position == expect
 
 
 def test_export_default_matches_the_network_default():

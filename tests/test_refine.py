@@ -17,13 +17,12 @@ from vaecodec.container import unpack
 from vaecodec.effort import EFFORT_ITERATIONS
 from vaecodec.errors import VaecodecError
 from vaecodec.imageio import Planes
-from vaecodec.network import quality_position
 from vaecodec.refine import lambda_at, rd_objective, refine_latents, refine_tiled
 
 
 def _objective(codec, rgb, y, quality):
     net = codec.net
-    pos = quality_position(quality, codec.levels)
+    pos = codec.position(quality)
     _, inv_gain = net.gains_at(torch.tensor([pos]))
     x = torch.from_numpy(codec._padded(rgb).copy()).permute(2, 0, 1)[None].float() / 255
     with torch.no_grad():
@@ -37,7 +36,9 @@ def test_lambda_interpolates_log_linearly_between_trained_values(shipped_codec):
     assert lambda_at(net, 0) == pytest.approx(lams[0])
     assert lambda_at(net, len(lams) - 1) == pytest.approx(lams[-1])
     assert lambda_at(net, 0.5) == pytest.approx(math.sqrt(lams[0] * lams[1]))
-    assert lambda_at(net, -3) == pytest.approx(lams[0])
+    lowest = min(net.config.lowest_position, 0.0)
+    assert lambda_at(net, -9) == pytest.approx(lambda_at(net, lowest))  # clamped at quality 1's position
+    assert lambda_at(net, lowest) <= lams[0]
 
 
 @pytest.mark.parametrize("quality", [20, 90])
@@ -46,7 +47,7 @@ def test_refinement_lowers_the_rate_distortion_objective(shipped_codec, quality)
     lat = shipped_codec.latents(rgb)
     gain, _ = shipped_codec._gains(quality)
     y0 = (lat * gain).clone()
-    pos = quality_position(quality, shipped_codec.levels)
+    pos = shipped_codec.position(quality)
     y = refine_tiled(shipped_codec.net, shipped_codec._padded(rgb), y0, pos, 8, 48)
     assert y.shape == y0.shape and not torch.equal(y, y0)
     assert _objective(shipped_codec, rgb, y, quality) < _objective(shipped_codec, rgb, y0, quality) * 0.99
@@ -70,23 +71,37 @@ def test_refine_never_returns_worse_than_the_start(tiny_codec):
 
 
 def test_tiled_refinement_maps_every_tile_back_to_its_place(shipped_codec, monkeypatch):
-    """A fake search that adds 1 to its free latents: every latent must come back +1 exactly once, and each
-    search must see the pixels of its own patch (16 per latent), with ragged last tiles."""
+    """A fake search that adds 1 to its free latents: every latent must come back +1 exactly once, each search
+    must see exactly its own pixels and real-pixel extent, and its halo must already hold refined neighbours."""
     import vaecodec.refine as refine
 
+    width, height = 1000, 700  # padded to 1024x704: 44x64 latents; tiles of 16 have interior halos, ragged row
+    padded = shipped_codec._padded(natural_image(width, height))
+    base = torch.arange(44.0).view(1, 1, 44, 1).expand(1, 4, 44, 64).clone()
     seen = []
 
     def fake(net, x, y, position, iterations, free=None, valid=None):
-        seen.append((tuple(x.shape[-2:]), tuple(y.shape[-2:]), valid))
-        assert x.shape[-2] == 16 * y.shape[-2] and x.shape[-1] == 16 * y.shape[-1]
+        seen.append((x, y.clone(), free, valid))
         return y + free
 
     monkeypatch.setattr(refine, "refine_latents", fake)
-    rgb = natural_image(200, 136)  # padded to 256x192: 16x12 latents, tiles of 8 leave a ragged last row
-    y0 = torch.randn(1, shipped_codec.model.config.M, 12, 16)
-    y = refine_tiled(shipped_codec.net, shipped_codec._padded(rgb), y0.clone(), 3.0, 2, 8, (200, 136))
-    assert torch.allclose(y, y0 + 1)
-    assert len(seen) == 4 and all(v[0] <= 136 and v[1] <= 200 for _, _, v in seen)
+    y = refine_tiled(shipped_codec.net, padded, base.clone(), 3.0, 2, 16, (width, height))
+    assert torch.equal(y, base + 1)
+    assert len(seen) == 3 * 4
+    halo = refine.REFINE_HALO
+    for k, (x, y_in, free, valid) in enumerate(seen):
+        r0, c0 = 16 * (k // 4), 16 * (k % 4)
+        r1, c1 = min(44, r0 + 16), min(64, c0 + 16)
+        a0, b0, a1, b1 = max(0, r0 - halo), max(0, c0 - halo), min(44, r1 + halo), min(64, c1 + halo)
+        assert y_in.shape[-2:] == (a1 - a0, b1 - b0)
+        expect = torch.from_numpy(padded[a0 * 16 : a1 * 16, b0 * 16 : b1 * 16].copy()).permute(2, 0, 1)[None]
+        assert torch.equal(x, expect.float() / 255)
+        assert valid == (min(height - a0 * 16, x.shape[2]), min(width - b0 * 16, x.shape[3]))
+        assert float(free.sum()) == (r1 - r0) * (c1 - c0)
+        assert float(free[0, 0, r0 - a0 : r1 - a0, c0 - b0 : c1 - b0].sum()) == (r1 - r0) * (c1 - c0)
+        assert torch.equal(y_in[:, :, r0 - a0 : r1 - a0, c0 - b0 : c1 - b0], base[:, :, r0:r1, c0:c1])  # not yet
+        if r0 > 0:  # the halo row above was refined by the previous row of tiles
+            assert torch.equal(y_in[:, :, r0 - 1 - a0], base[:, :, r0 - 1, b0:b1] + 1)
 
 
 def test_padding_does_not_count_as_distortion(shipped_codec):
@@ -114,7 +129,7 @@ def test_higher_effort_file_decodes_with_the_unchanged_decoder_and_is_better(shi
     out_better = np.asarray(shipped_codec.decode(better))
     assert out_better.shape == rgb.shape
     # the RD cost (bits + lambda * 255^2 * MSE, per pixel) of the real files must drop
-    lam = lambda_at(shipped_codec.net, quality_position(50, shipped_codec.levels))
+    lam = lambda_at(shipped_codec.net, shipped_codec.position(50))
 
     def cost(data, out):
         mse = np.mean((out.astype(np.float64) - rgb) ** 2)

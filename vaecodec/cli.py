@@ -26,6 +26,14 @@ def _fail(msg: str, code: int = 1):
 class _Group(click.Group):
     """Turns every expected failure into one line on stderr and a non-zero exit."""
 
+    def parse_args(self, ctx, args):  # `vaecodec --bogus`: one line too (a bare `vaecodec` still shows help)
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                raise
+            _fail(f"{exc.format_message()} (see 'vaecodec --help')", 2)
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
@@ -36,7 +44,8 @@ class _Group(click.Group):
         except MemoryError:
             _fail("out of memory (try a smaller image or --max-pixels)", 1)
         except click.UsageError as exc:  # a bad option value: one line, like every other error
-            _fail(exc.format_message(), 2)
+            where = exc.ctx.command_path if exc.ctx is not None else "vaecodec"
+            _fail(f"{exc.format_message()} (see '{where} --help')", 2)
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
         except Exception as exc:  # an unexpected bug: still one line unless debugging

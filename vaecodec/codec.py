@@ -23,7 +23,7 @@ from .integer_net import ACT_BITS
 from .model_io import LoadedModel, load_model
 from .network import STRIDE, quality_position
 from .range_coding import SymbolReader, SymbolWriter
-from .refine import DEFAULT_REFINE_TILE, refine_tiled
+from .refine import DEFAULT_REFINE_TILE, MIN_REFINE_TILE, refine_tiled
 from .tiling import analyse_tiled, synthesize_tiled
 
 DEFAULT_QUALITY = 75.0
@@ -51,11 +51,13 @@ class Codec:
     """A loaded model plus the encode/decode pipeline. Reuse one instance: loading costs more than coding."""
 
     def __init__(self, model: LoadedModel | str | None = None, device: str = "cpu", tile: int = DEFAULT_TILE,
-                 refine_tile: int = DEFAULT_REFINE_TILE):
+                 refine_tile: int | None = None):
         self.model = model if isinstance(model, LoadedModel) else load_model(model)
         self.device = torch.device(device)
         self.tile = tile  # latents per tile side: bounds the transforms' memory whatever the image size
-        self.refine_tile = refine_tile  # likewise for the latent search of effort >= 2 (about 3x per pixel)
+        # likewise for the latent search of effort >= 2 (about 3x the memory per pixel): by default 3/4 of the
+        # transforms' tile, so a smaller `tile` asked for less memory there too
+        self.refine_tile = refine_tile or max(MIN_REFINE_TILE, min(DEFAULT_REFINE_TILE, tile * 3 // 4 // 4 * 4))
         # channels_last makes oneDNN's convolutions markedly faster on CPU; it never touches the symbols' path
         self.net = self.model.network.to(self.device).eval().to(memory_format=torch.channels_last)
         self.levels = len(self.model.config.lambdas)
@@ -187,9 +189,10 @@ class Codec:
     def encode_to_size(self, planes: Planes, max_bytes: int, keep_metadata: bool = True,
                        steps: int = 12, effort: int = DEFAULT_EFFORT) -> tuple[bytes, bool]:
         """The highest quality whose whole file fits in max_bytes (bisection over the continuous quality,
-        the analysis transform run once). Returns (file, fits); if even quality 1 is larger, that file.
-        With effort > 1 the latents are then refined at the chosen quality, or at slightly lower ones if the
-        refined file would overshoot; the plain file is kept if no refined one fits."""
+        the analysis transform run once). Returns (file, fits); if even quality 1 is larger, the smallest file
+        made. With effort > 1 the latents are then refined at the chosen quality, or at slightly lower ones if
+        the refined file would overshoot (up to 3 searches, so up to 3x that effort's time); the plain file is
+        kept if no refined one fits."""
         latents = self.latents(planes.rgb)
         chunks = self._chunks(planes, keep_metadata)
 

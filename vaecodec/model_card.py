@@ -29,7 +29,8 @@ def write_card(model_file: Path, report: dict, data: str, report_path: Path) -> 
         "- Weights: analysis/synthesis transforms in float16; hyper-synthesis as an exact integer network "
         "(int16 weights, 8 fractional activation bits); 64 Gaussian and per-channel hyper-latent tables (16-bit)",
         f"- Quality: 1..100 maps linearly onto positions {cfg.lowest_position:g}..{len(cfg.lambdas) - 1} among the "
-        "λ (log-domain interpolation of the gains; below 0 extrapolated to lower rates than trained)",
+        "λ (log-domain interpolation of the gains"
+        + ("; below 0 extrapolated to lower rates than trained)" if cfg.lowest_position < 0 else ")"),
         f"- Data: {data}; Kodak was never used for training or model selection",
         f"- Training: {training.get('steps', '?')} steps of batch {tc.get('batch_size', '?')} × "
         f"{tc.get('crop', '?')}² crops, Adam lr {tc.get('lr', '?')}, loss bpp + λ·255²·MSE with λ drawn per "

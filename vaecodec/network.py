@@ -1,7 +1,8 @@
 """The variable-rate mean-scale hyperprior (Minnen et al. 2018) with asymmetric gain units (Cui et al. 2021).
 
 One network covers every rate: a gain vector scales the latents before quantization and an inverse gain
-undoes it after, one learned pair per trained trade-off lambda, interpolated in the log domain between them.
+undoes it after, one learned pair per trained trade-off lambda, interpolated in the log domain between them
+(and extrapolated below the lowest one, down to the config's lowest_position).
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ class ModelConfig:
     # Position among the trained lambdas that quality 1 maps to (quality 100 maps to the last one). Below 0 the
     # gains are extrapolated log-linearly, which reaches lower rates than were trained at a graceful loss.
     lowest_position: float = DEFAULT_LOWEST_POSITION
+
+    def __post_init__(self):
+        if not -len(self.lambdas) * 4.0 <= self.lowest_position < max(len(self.lambdas) - 1, 1):
+            raise ValueError(f"lowest_position {self.lowest_position} must lie below the last lambda's position")
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -20,10 +20,14 @@ DEFAULT_REFINE_TILE = 48  # latents per side: a 768x512 photo in one tile; up to
 REFINE_BYTES_PER_TILE_PIXEL = 1536  # measured ~1300-1500 B at N=128: back-propagation keeps the activations
 
 
+MIN_REFINE_TILE = 16  # below this the fixed halo would multiply the search's work (24x24 patches for 8x8 kept)
+
+
 def refine_tile_for_memory(max_bytes: int, channels: int = 128) -> int:
-    """Largest refinement tile (latents per side, a multiple of 4) whose search fits in max_bytes."""
+    """Largest refinement tile (latents per side, a multiple of 4) whose search fits in max_bytes; never below
+    MIN_REFINE_TILE (~0.4 GB with its halo), so tiny budgets are exceeded rather than made many times slower."""
     side_px = math.sqrt(max(max_bytes, 1) / (REFINE_BYTES_PER_TILE_PIXEL * channels / 128))
-    return max(4, (int(side_px // 16) - 2 * REFINE_HALO) // 4 * 4)
+    return max(MIN_REFINE_TILE, (int(side_px // 16) - 2 * REFINE_HALO) // 4 * 4)
 
 
 def lambda_at(net: GainedHyperprior, position: float) -> float:
@@ -40,7 +44,8 @@ def lambda_at(net: GainedHyperprior, position: float) -> float:
 
 def step_size(net: GainedHyperprior, position: float) -> float:
     """Adam step size for the gained latents: larger at high rates, where distortion dominates the objective
-    (tuned on the training folder's validation split: 0.005 is best at the lowest lambda, 0.02 at the highest)."""
+    (tuned on the training folder's validation split: 0.005 is best at the lowest trained lambda, 0.02 at the
+    highest; below the lowest one it keeps shrinking with lambda, untuned)."""
     return 0.005 * (lambda_at(net, position) / float(net.config.lambdas[0])) ** 0.3
 
 
