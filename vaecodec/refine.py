@@ -14,6 +14,7 @@ import torch
 
 from .entropy_models import gaussian_likelihood
 from .network import GainedHyperprior, ste_round
+from .tiling import LATENT_STRIDE, pixels_to_tensor, tile_ranges
 
 REFINE_HALO = 8  # latents of fixed context around each refined tile (a multiple of 4 keeps the z grid aligned)
 DEFAULT_REFINE_TILE = 48  # latents per side: a 768x512 photo in one tile; up to ~1.5 GB with the halo
@@ -119,21 +120,13 @@ def refine_tiled(net: GainedHyperprior, rgb_padded, y0: torch.Tensor, position: 
 
 def _refine_tiles(net, rgb_padded, out, position, iterations, tile, real):
     _, _, h, w = out.shape
-    s = 16
-    for r0 in range(0, h, tile):
-        r1, a0 = min(h, r0 + tile), max(0, r0 - REFINE_HALO)
-        a1 = min(h, r1 + REFINE_HALO)
-        for c0 in range(0, w, tile):
-            c1, b0 = min(w, c0 + tile), max(0, c0 - REFINE_HALO)
-            b1 = min(w, c1 + REFINE_HALO)
-            patch = rgb_padded[a0 * s : a1 * s, b0 * s : b1 * s]
-            x = torch.from_numpy(patch.copy()).to(out.device).permute(2, 0, 1)[None].float().div_(255.0)
-            x = x.contiguous(memory_format=torch.channels_last)
+    s = LATENT_STRIDE
+    for r0, r1, a0, a1 in tile_ranges(h, tile, REFINE_HALO):
+        for c0, c1, b0, b1 in tile_ranges(w, tile, REFINE_HALO):
+            x = pixels_to_tensor(rgb_padded[a0 * s : a1 * s, b0 * s : b1 * s], out.device)
             free = torch.zeros((1, 1, a1 - a0, b1 - b0), device=out.device)
             free[:, :, r0 - a0 : r1 - a0, c0 - b0 : c1 - b0] = 1
-            valid = (max(0, min(real[0] - a0 * s, x.shape[2])), max(0, min(real[1] - b0 * s, x.shape[3])))
-            if valid[0] == 0 or valid[1] == 0:
-                continue  # a tile made only of padding: nothing to improve
+            valid = (min(real[0] - a0 * s, x.shape[2]), min(real[1] - b0 * s, x.shape[3]))  # padding is < 1 tile
             y = refine_latents(net, x, out[:, :, a0:a1, b0:b1], position, iterations, free=free, valid=valid)
             out[:, :, r0:r1, c0:c1] = y[:, :, r0 - a0 : r1 - a0, c0 - b0 : c1 - b0]
     return out

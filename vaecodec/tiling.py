@@ -14,11 +14,17 @@ LATENT_STRIDE = 16  # pixels per latent
 HALO = 6  # latents of context on each side; the transforms' receptive fields span under 3
 
 
-def tile_ranges(n: int, tile: int) -> Iterator[tuple[int, int, int, int]]:
+def tile_ranges(n: int, tile: int, halo: int = HALO) -> Iterator[tuple[int, int, int, int]]:
     """(keep_start, keep_end, read_start, read_end) in latent units along one axis."""
     for start in range(0, n, tile):
         end = min(n, start + tile)
-        yield start, end, max(0, start - HALO), min(n, end + HALO)
+        yield start, end, max(0, start - halo), min(n, end + halo)
+
+
+def pixels_to_tensor(patch: np.ndarray, device, dtype=torch.float32) -> torch.Tensor:
+    """(h, w, 3) uint8 pixels -> (1, 3, h, w) in [0, 1], channels_last (faster oneDNN convolutions)."""
+    x = torch.from_numpy(np.ascontiguousarray(patch)).to(device).permute(2, 0, 1)[None]
+    return x.to(dtype).div_(255.0).contiguous(memory_format=torch.channels_last)
 
 
 BYTES_PER_TILE_PIXEL = 512  # measured: ~400-480 B per tile pixel at N=128 (benchmarks/memory.py)
@@ -39,9 +45,7 @@ def analyse_tiled(g_a: Callable, rgb_padded: np.ndarray, tile: int, device, dtyp
         for c0, c1, b0, b1 in tile_ranges(w, tile):
             s = LATENT_STRIDE
             patch = rgb_padded[a0 * s : a1 * s, b0 * s : b1 * s]
-            x = torch.from_numpy(np.ascontiguousarray(patch)).to(device).permute(2, 0, 1)[None]
-            x = x.to(dtype).div_(255.0).contiguous(memory_format=torch.channels_last)
-            y = g_a(x)
+            y = g_a(pixels_to_tensor(patch, device, dtype))
             if out is None:
                 out = torch.empty((1, y.shape[1], h, w), dtype=y.dtype, device=y.device)
             out[:, :, r0:r1, c0:c1] = y[:, :, r0 - a0 : r1 - a0, c0 - b0 : c1 - b0]
