@@ -29,6 +29,8 @@ TRAIN_OPTIONS = ("steps", "batch_size", "crop", "lr", "warmup", "lr_drop_step", 
 @click.option("--lambdas", help="Comma-separated trade-offs (default: 8 values from 0.0018 to 0.18).")
 @click.option("--N", "n_ch", type=click.IntRange(8), default=128, show_default=True, help="Transform width.")
 @click.option("--M", "m_ch", type=click.IntRange(8), default=192, show_default=True, help="Latent channels.")
+@click.option("--context", type=click.Choice(["none", "checkerboard"]), default="checkerboard", show_default=True,
+              help="Spatial context model of the latents (checkerboard: two-pass coding, smaller files).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", type=click.IntRange(1), default=2, show_default=True, help="Image decoding threads.")
 @click.option("--val-every", type=click.IntRange(1), default=1000, show_default=True)
@@ -43,7 +45,7 @@ TRAIN_OPTIONS = ("steps", "batch_size", "crop", "lr", "warmup", "lr_drop_step", 
 @click.option("--resume", is_flag=True, help="Continue from the run's latest checkpoint.")
 @click.option("--force", is_flag=True, help="Let --out replace an existing model file.")
 @click.pass_context
-def train(ctx, data_dir, out, run_dir, lambdas, n_ch, m_ch, init, resume, force, **opts):
+def train(ctx, data_dir, out, run_dir, lambdas, n_ch, m_ch, context, init, resume, force, **opts):
     """Train (or fine-tune) a model on a folder of images."""
     import torch
 
@@ -73,7 +75,7 @@ def train(ctx, data_dir, out, run_dir, lambdas, n_ch, m_ch, init, resume, force,
             raise VaecodecError(f"{run_dir} already holds a run; pass --resume or another --run-dir")
         lam = tuple(float(x) for x in lambdas.split(",")) if lambdas else DEFAULT_LAMBDAS
         cfg = TrainConfig(data_dir=str(data_dir), run_dir=str(run_dir), N=n_ch, M=m_ch, lambdas=lam,
-                          init=str(init) if init else None, **opts)
+                          context=context, init=str(init) if init else None, **opts)
     if not Path(cfg.data_dir).is_dir():
         raise VaecodecError(f"{cfg.data_dir}: training folder not found")
     ckpt = run_training(cfg, resume=resume)

@@ -1,8 +1,8 @@
 """Image <-> .vae bytes: pixels -> latents -> integer symbols -> range-coded stream -> container, and back.
 
 The float transforms (g_a, h_a, g_s) may differ slightly between machines; everything that decides a
-probability (z symbols, the integer hyper-synthesis, scale indices, means) is exact, so the stream always
-decodes to the same symbols and the pixels differ by at most rounding of the float synthesis.
+probability (z symbols, the integer hyper-synthesis and context model, scale indices, means) is exact, so the
+stream always decodes to the same symbols and the pixels differ by at most rounding of the float synthesis.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from .errors import CorruptFileError, ModelMismatchError
 from .imageio import METADATA_CHUNKS, Planes, from_planes, to_planes
 from .integer_net import ACT_BITS
 from .model_io import LoadedModel, load_model
-from .network import STRIDE, quality_position
+from .network import STRIDE, anchor_mask, quality_position
 from .range_coding import SymbolReader, SymbolWriter
 from .refine import DEFAULT_REFINE_TILE, MIN_REFINE_TILE, refine_tiled
 from .tiling import analyse_tiled, synthesize_tiled
@@ -72,21 +72,46 @@ class Codec:
         pos = torch.tensor([self.position(quality)], dtype=torch.float32, device=self.device)
         return self.net.gains_at(pos)
 
-    def _hyper(self, z_symbols: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """Exact means (float64, multiples of 2**-ACT_BITS) and scale-table indices from z symbols."""
+    def _hyper_params(self, z_symbols: np.ndarray, shape: tuple[int, int]) -> torch.Tensor:
+        """Exact hyper-synthesis output (1, 2M, h, w): scales then means, integer-valued float64 carrying
+        ACT_BITS fraction bits."""
         try:
-            params = self.model.h_s_int(torch.from_numpy(z_symbols)[None])[0].numpy()
+            params = self.model.h_s_int(torch.from_numpy(z_symbols)[None])
         except OverflowError:
             raise CorruptFileError("file is damaged (hyper-latent out of range)") from None
-        m = self.model.config.M
         h, w = shape
-        scales_int, means_int = params[:m, :h, :w], params[m:, :h, :w]
+        return params[:, :, :h, :w].contiguous()
+
+    def _scale_index(self, scales_int: np.ndarray) -> np.ndarray:
+        """(M, h, w) uint8: which y table each latent uses, from its exact scale."""
         thresholds = np.asarray(self.model.y_thresholds, dtype=np.float64)
-        idx = np.empty((m, h, w), dtype=np.uint8)  # one channel at a time: no full-size int64 temporaries
-        for c in range(m):
+        idx = np.empty(scales_int.shape, dtype=np.uint8)  # one channel at a time: no full-size int64 temporaries
+        for c in range(scales_int.shape[0]):
             i = np.searchsorted(thresholds, scales_int[c], side="right") - 1
             idx[c] = np.clip(i, 0, len(self.model.y_tables) - 1)
-        return means_int / float(2**ACT_BITS), idx
+        return idx
+
+    def _anchors(self, shape: tuple[int, int]) -> np.ndarray | None:
+        """(h, w) bool, True where the checkerboard's first pass codes; None for a context-free model."""
+        if self.model.context_int is None:
+            return None
+        return anchor_mask(*shape)[0, 0].numpy().astype(bool)
+
+    def _apply_context(self, params: torch.Tensor, y_res: np.ndarray, anchors: np.ndarray) -> None:
+        """Refine the non-anchors' means and scales in `params` (in place) from the decoded anchors."""
+        m = self.model.config.M
+        mask = torch.from_numpy(anchors)
+        anchors_int = (torch.from_numpy(y_res).to(torch.float64) * 2**ACT_BITS + params[0, m:]) * mask
+        try:
+            self.model.context_int.apply(anchors_int[None], params, ~mask)
+        except OverflowError:
+            raise CorruptFileError("file is damaged (latent out of range)") from None
+
+    def _split(self, params: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """(means as float64 multiples of 2**-ACT_BITS, scale-table indices) from exact parameters."""
+        m = self.model.config.M
+        p = params[0].numpy()
+        return p[m:] / float(2**ACT_BITS), self._scale_index(p[:m])
 
     def _padded(self, rgb: np.ndarray) -> np.ndarray:
         h, w = rgb.shape[:2]
@@ -113,14 +138,26 @@ class Codec:
             return self._symbols(y)
 
     def _symbols(self, y: torch.Tensor) -> Symbols:
-        """Gained latents -> hyper-latent symbols, exact hyper-synthesis, latent residuals."""
+        """Gained latents -> hyper-latent symbols, exact hyper-synthesis (and context), latent residuals."""
         z = self.net.h_a(y)
         z_sym = torch.round(z).clamp_(-Z_LIMIT, Z_LIMIT)[0].cpu().to(torch.int64).numpy()
-        means, idx = self._hyper(z_sym, y.shape[2:])
-        y_res = np.empty(means.shape, dtype=np.int32)
-        for c, (yc, mc) in enumerate(zip(y[0].cpu().numpy(), means, strict=True)):  # small float64 temporaries
-            y_res[c] = np.clip(np.round(yc.astype(np.float64) - mc), -Y_LIMIT, Y_LIMIT)
+        params = self._hyper_params(z_sym, y.shape[2:])
+        y_np = y[0].cpu().numpy()
+        y_res = self._residuals(y_np, params[0, self.model.config.M:].numpy() / float(2**ACT_BITS))
+        anchors = self._anchors(y.shape[2:])
+        if anchors is not None:  # the anchors' residuals above are final; the rest move with the context
+            self._apply_context(params, y_res, anchors)
+        means, idx = self._split(params)
+        if anchors is not None:
+            y_res = self._residuals(y_np, means)
         return Symbols(z_sym, y_res, means, idx)
+
+    @staticmethod
+    def _residuals(y: np.ndarray, means: np.ndarray) -> np.ndarray:
+        y_res = np.empty(means.shape, dtype=np.int32)
+        for c, (yc, mc) in enumerate(zip(y, means, strict=True)):  # small float64 temporaries
+            y_res[c] = np.clip(np.round(yc.astype(np.float64) - mc), -Y_LIMIT, Y_LIMIT)
+        return y_res
 
     def analyse(self, rgb: np.ndarray, quality: float, effort: int = DEFAULT_EFFORT) -> Symbols:
         """Pixels (H, W, 3) uint8 -> integer symbols at the given quality."""
@@ -137,12 +174,19 @@ class Codec:
         y_hat = torch.from_numpy(symbols.y + symbols.means).float().to(self.device)[None] * inv_gain
         return synthesize_tiled(self.net.g_s, y_hat, self.tile, size)
 
+    def _passes(self, shape: tuple[int, int]) -> list[np.ndarray | None]:
+        """Coding passes over the latents: one, or the checkerboard's anchors then the rest."""
+        anchors = self._anchors(shape)
+        return [None] if anchors is None else [anchors, ~anchors]
+
     def write_stream(self, symbols: Symbols) -> bytes:
         writer = SymbolWriter()
         for c, table in enumerate(self.model.z_tables):
             writer.write(symbols.z[c], table)
-        for k, table in enumerate(self.model.y_tables):
-            writer.write(symbols.y[symbols.scale_index == k], table)
+        for part in self._passes(symbols.y.shape[1:]):
+            for k, table in enumerate(self.model.y_tables):
+                sel = symbols.scale_index == k
+                writer.write(symbols.y[sel if part is None else sel & part], table)
         return writer.getvalue()
 
     def read_stream(self, payload: bytes, size: tuple[int, int]) -> Symbols:
@@ -155,14 +199,19 @@ class Codec:
             z[c] = reader.read(zh * zw, table).reshape(zh, zw)
         if np.abs(z).max(initial=0) > Z_LIMIT:
             raise CorruptFileError("file is damaged (hyper-latent out of range)")
-        yh, yw = ph // 16, pw // 16
-        means, idx = self._hyper(z, (yh, yw))
-        y = np.empty(idx.shape, dtype=np.int32)
-        for k, table in enumerate(self.model.y_tables):
-            mask = idx == k
-            y[mask] = np.clip(reader.read(int(mask.sum()), table), -Y_LIMIT - 1, Y_LIMIT + 1)
-        if np.abs(y).max(initial=0) > Y_LIMIT:
-            raise CorruptFileError("file is damaged (latent out of range)")
+        shape = (ph // 16, pw // 16)
+        params = self._hyper_params(z, shape)
+        means, idx = self._split(params)
+        y = np.zeros(idx.shape, dtype=np.int32)
+        for n, part in enumerate(self._passes(shape)):
+            if n:  # second checkerboard pass: the decoded anchors refine the rest's parameters
+                self._apply_context(params, y, ~part)
+                means, idx = self._split(params)
+            for k, table in enumerate(self.model.y_tables):
+                mask = idx == k if part is None else (idx == k) & part
+                y[mask] = np.clip(reader.read(int(mask.sum()), table), -Y_LIMIT - 1, Y_LIMIT + 1)
+            if np.abs(y).max(initial=0) > Y_LIMIT:
+                raise CorruptFileError("file is damaged (latent out of range)")
         return Symbols(z, y, means, idx)
 
     # --- public ---------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Exact fixed-point re-evaluation of the hyper-synthesis (Ballé et al. 2019, "Integer networks").
+"""Exact fixed-point re-evaluation of the hyper-synthesis and the context model (Ballé et al. 2019,
+"Integer networks").
 
 Everything that decides a probability must be bit-identical in encoder and decoder on any machine. Float
 convolutions are not (summation order, SIMD width, Winograd). Here weights and activations are integers,
@@ -127,3 +128,39 @@ class IntegerNet:
         for layer in self.layers:  # float64 convolutions on the CPU never take oneDNN/Winograd paths
             x = layer(x)
         return x  # integer-valued float64, ACT_BITS fractional bits
+
+
+CONTEXT_TILE = 48  # y positions per tile side for the context model: float64 im2col of 5x5xM stays ~0.1 GB
+
+
+class IntegerContext:
+    """The checkerboard context model in exact integers: decoded anchors and hyper-synthesis output (both with
+    ACT_BITS fraction bits) in, the corrections to the non-anchors' scales and means out.
+
+    Mirrors GainedHyperprior.entropy_parameters: delta = ctx_params([params, ctx(anchors)])."""
+
+    def __init__(self, ctx: dict, params: list[dict]):
+        self.ctx = IntegerLayer(**ctx)
+        self.params = [IntegerLayer(**spec) for spec in params]
+        self.halo = self.ctx.weight.shape[-1] // 2
+
+    @torch.no_grad()
+    def apply(self, anchors_int: torch.Tensor, params_int: torch.Tensor, non_anchor: torch.Tensor,
+              tile: int = CONTEXT_TILE) -> None:
+        """Add the corrections into params_int (1, 2M, h, w) in place, at non_anchor positions (h, w bool).
+
+        Tile by tile with a halo covering the context kernel: the 1x1 layers only read their own position,
+        which no earlier tile has changed, so the in-place update equals one whole pass."""
+        h, w = params_int.shape[2:]
+        for r0 in range(0, h, tile):
+            r1 = min(h, r0 + tile)
+            a0, a1 = max(0, r0 - self.halo), min(h, r1 + self.halo)
+            for c0 in range(0, w, tile):
+                c1 = min(w, c0 + tile)
+                b0, b1 = max(0, c0 - self.halo), min(w, c1 + self.halo)
+                ctx = self.ctx(anchors_int[:, :, a0:a1, b0:b1])[:, :, r0 - a0 : r1 - a0, c0 - b0 : c1 - b0]
+                x = torch.cat([params_int[:, :, r0:r1, c0:c1], ctx], dim=1)
+                for layer in self.params:
+                    x = layer(x)
+                keep = non_anchor[r0:r1, c0:c1].to(x.dtype)
+                params_int[:, :, r0:r1, c0:c1] += x * keep

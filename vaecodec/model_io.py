@@ -17,13 +17,14 @@ from safetensors.numpy import save_file as np_save_file
 
 from .entropy_models import factorized_tables, gaussian_tables, scale_table
 from .errors import ModelFileError
-from .integer_net import ACT_BITS, IntegerNet, quantize_sequential
+from .integer_net import ACT_BITS, IntegerContext, IntegerNet, quantize_layer, quantize_sequential
 from .network import GainedHyperprior, ModelConfig
 from .range_coding import Table
 
 FILE_FORMAT = "vaecodec-model-1"
 DEFAULT_MODEL_NAME = "hp1"
 FLOAT_PREFIX = "float."
+INTEGER_MODULES = ("h_s.", "ctx.", "ctx_params.")  # networks stored only in their exact integer form
 
 
 def default_model_path() -> Path:
@@ -56,18 +57,16 @@ def export_model(model: GainedHyperprior, path: str | Path, name: str, half: boo
     model = model.eval().cpu()
     arrays: dict[str, np.ndarray] = {}
     for key, value in model.state_dict().items():
-        if key.startswith("h_s."):
+        if key.startswith(INTEGER_MODULES):
             continue  # stored once, as the exact integer network (float weights are rebuilt from it)
         v = value.detach().float()
         keep_fp32 = key.startswith(("log_gain", "log_inv_gain", "density_z"))
         arrays[FLOAT_PREFIX + key] = (v if (keep_fp32 or not half) else v.half()).numpy()
-    int_layers = quantize_sequential(model.h_s)
-    layer_meta = []
-    for i, spec in enumerate(int_layers):
-        arrays[f"int.h_s.{i}.weight"] = spec["weight"].astype(np.int16)
-        arrays[f"int.h_s.{i}.bias"] = spec["bias"]
-        arrays[f"int.h_s.{i}.shift"] = spec["shift"]
-        layer_meta.append({k: spec[k] for k in ("kind", "stride", "padding", "output_padding", "relu")})
+    layer_meta = _store_integer(arrays, "h_s", quantize_sequential(model.h_s))
+    context_meta = None
+    if model.config.context != "none":
+        context_meta = {"ctx": _store_integer(arrays, "ctx", [quantize_layer(model.ctx, relu=False)]),
+                        "ctx_params": _store_integer(arrays, "ctx_params", quantize_sequential(model.ctx_params))}
     scales = scale_table()
     y_freq, y_radius = gaussian_tables(scales)
     arrays["tables.y.freq"] = y_freq
@@ -84,6 +83,8 @@ def export_model(model: GainedHyperprior, path: str | Path, name: str, half: boo
         "int_layers": json.dumps(layer_meta),
         "act_bits": str(ACT_BITS),
     }
+    if context_meta:
+        meta["int_context_layers"] = json.dumps(context_meta)
     for k, v in (extra_meta or {}).items():
         meta[k] = json.dumps(v)
     meta["fingerprint"] = _fingerprint(arrays, meta)
@@ -96,6 +97,22 @@ def export_model(model: GainedHyperprior, path: str | Path, name: str, half: boo
     return meta["fingerprint"]
 
 
+def _store_integer(arrays: dict[str, np.ndarray], module: str, specs: list[dict]) -> list[dict]:
+    """Put one integer network's weights into `arrays` (int.MODULE.i.*); returns its layers' metadata."""
+    layer_meta = []
+    for i, spec in enumerate(specs):
+        arrays[f"int.{module}.{i}.weight"] = spec["weight"].astype(np.int16)
+        arrays[f"int.{module}.{i}.bias"] = spec["bias"]
+        arrays[f"int.{module}.{i}.shift"] = spec["shift"]
+        layer_meta.append({k: spec[k] for k in ("kind", "stride", "padding", "output_padding", "relu")})
+    return layer_meta
+
+
+def _integer_specs(arrays: dict[str, np.ndarray], module: str, layer_meta: list[dict]) -> list[dict]:
+    return [dict(lm, weight=arrays[f"int.{module}.{i}.weight"], bias=arrays[f"int.{module}.{i}.bias"],
+                 shift=arrays[f"int.{module}.{i}.shift"]) for i, lm in enumerate(layer_meta)]
+
+
 def read_metadata(path: Path) -> dict[str, str]:
     from safetensors import safe_open
 
@@ -105,26 +122,38 @@ def read_metadata(path: Path) -> dict[str, str]:
 
 def load_float_state(path: str | Path) -> dict[str, torch.Tensor]:
     """The float network weights of a shipped model (fp32), e.g. to fine-tune from it."""
-    return _float_state(np_load_file(str(path)), json.loads(read_metadata(Path(path))["int_layers"]))
+    meta = read_metadata(Path(path))
+    return _float_state(np_load_file(str(path)), json.loads(meta["int_layers"]),
+                        json.loads(meta.get("int_context_layers", "null")))
 
 
-def _float_state(arrays: dict[str, np.ndarray], layer_meta: list[dict]) -> dict[str, torch.Tensor]:
-    """Float weights of every layer; h_s's come back from its integer form (14-bit exact)."""
+def _float_state(arrays: dict[str, np.ndarray], layer_meta: list[dict],
+                 context_meta: dict | None = None) -> dict[str, torch.Tensor]:
+    """Float weights of every layer; those of the integer networks come back from their integer form (14-bit
+    exact)."""
     state = {k[len(FLOAT_PREFIX):]: torch.from_numpy(v.astype(np.float32))
              for k, v in arrays.items() if k.startswith(FLOAT_PREFIX)}
+    _dequantize(state, arrays, "h_s", layer_meta, sequential=True)
+    if context_meta:
+        _dequantize(state, arrays, "ctx", context_meta["ctx"], sequential=False)
+        _dequantize(state, arrays, "ctx_params", context_meta["ctx_params"], sequential=True)
+    return state
+
+
+def _dequantize(state: dict, arrays: dict, module: str, layer_meta: list[dict], sequential: bool) -> None:
     conv_index = 0
     for i, lm in enumerate(layer_meta):
-        w = arrays[f"int.h_s.{i}.weight"].astype(np.float64)
-        shift = arrays[f"int.h_s.{i}.shift"].astype(np.float64)
+        w = arrays[f"int.{module}.{i}.weight"].astype(np.float64)
+        shift = arrays[f"int.{module}.{i}.shift"].astype(np.float64)
         out_axis = 1 if lm["kind"] == "deconv" else 0
         shape = [1] * w.ndim
         shape[out_axis] = -1
         w = w / (2.0**shift).reshape(shape)
-        b = arrays[f"int.h_s.{i}.bias"].astype(np.float64) / 2.0 ** (shift + ACT_BITS)
-        state[f"h_s.{conv_index}.weight"] = torch.from_numpy(w.astype(np.float32))
-        state[f"h_s.{conv_index}.bias"] = torch.from_numpy(b.astype(np.float32))
+        b = arrays[f"int.{module}.{i}.bias"].astype(np.float64) / 2.0 ** (shift + ACT_BITS)
+        name = f"{module}.{conv_index}" if sequential else module
+        state[f"{name}.weight"] = torch.from_numpy(w.astype(np.float32))
+        state[f"{name}.bias"] = torch.from_numpy(b.astype(np.float32))
         conv_index += 2 if lm["relu"] else 1
-    return state
 
 
 @dataclass
@@ -141,6 +170,7 @@ class LoadedModel:
     z_tables: list[Table]
     path: Path
     meta: dict
+    context_int: IntegerContext | None = None  # the exact checkerboard context model, if the model has one
 
     @property
     def fingerprint_bytes(self) -> bytes:
@@ -164,12 +194,16 @@ def load_model(path: str | Path | None = None) -> LoadedModel:
         config = ModelConfig.from_dict(json.loads(meta["config"]))
         network = GainedHyperprior(config)
         layer_meta = json.loads(meta["int_layers"])
-        network.load_state_dict(_float_state(arrays, layer_meta))
+        context_meta = json.loads(meta.get("int_context_layers", "null"))
+        if (context_meta is None) != (config.context == "none"):
+            raise ValueError("context model layers do not match the config")
+        network.load_state_dict(_float_state(arrays, layer_meta, context_meta))
         network.eval()
-        h_s_int = IntegerNet([
-            dict(lm, weight=arrays[f"int.h_s.{i}.weight"], bias=arrays[f"int.h_s.{i}.bias"],
-                 shift=arrays[f"int.h_s.{i}.shift"]) for i, lm in enumerate(layer_meta)
-        ])
+        h_s_int = IntegerNet(_integer_specs(arrays, "h_s", layer_meta))
+        context_int = None
+        if context_meta:
+            (ctx_spec,) = _integer_specs(arrays, "ctx", context_meta["ctx"])
+            context_int = IntegerContext(ctx_spec, _integer_specs(arrays, "ctx_params", context_meta["ctx_params"]))
         y_freq, y_radius = arrays["tables.y.freq"], arrays["tables.y.radius"]
         y_tables = [Table(y_freq[k], -int(r), int(r)) for k, r in enumerate(y_radius)]
         z_freq, z_lo, z_hi = arrays["tables.z.freq"], arrays["tables.z.lo"], arrays["tables.z.hi"]
@@ -182,4 +216,4 @@ def load_model(path: str | Path | None = None) -> LoadedModel:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelFileError(f"model file does not match vaecodec's architecture: {path} ({msg})") from None
     return LoadedModel(meta["name"], meta["fingerprint"], config, network, h_s_int, y_tables,
-                       arrays["tables.y.threshold"], z_tables, path, meta)
+                       arrays["tables.y.threshold"], z_tables, path, meta, context_int)

@@ -1,8 +1,13 @@
-"""The variable-rate mean-scale hyperprior (Minnen et al. 2018) with asymmetric gain units (Cui et al. 2021).
+"""The variable-rate mean-scale hyperprior (Minnen et al. 2018) with asymmetric gain units (Cui et al. 2021),
+optionally with a checkerboard context model (He et al. 2021).
 
 One network covers every rate: a gain vector scales the latents before quantization and an inverse gain
 undoes it after, one learned pair per trained trade-off lambda, interpolated in the log domain between them
 (and extrapolated below the lowest one, down to the config's lowest_position).
+
+With context="checkerboard" the latents are coded in two passes: the anchors ((row + col) even) with the
+hyperprior's means and scales, then the rest with those refined from the decoded anchors around them. That
+costs one extra parallel step, not a serial scan.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from .layers import GDN, conv, deconv
 
 DEFAULT_LAMBDAS = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.18)
 DEFAULT_LOWEST_POSITION = -2.0  # quality 1 sits two lambda steps below the lowest trained one
+CONTEXTS = ("none", "checkerboard")
+CONTEXT_KERNEL = 5  # the checkerboard context sees decoded anchors up to 2 latents away
 
 
 @dataclass(frozen=True)
@@ -30,8 +37,11 @@ class ModelConfig:
     # Position among the trained lambdas that quality 1 maps to (quality 100 maps to the last one). Below 0 the
     # gains are extrapolated log-linearly, which reaches lower rates than were trained at a graceful loss.
     lowest_position: float = DEFAULT_LOWEST_POSITION
+    context: str = "none"  # "checkerboard": two-pass coding with a spatial context model (see module doc)
 
     def __post_init__(self):
+        if self.context not in CONTEXTS:
+            raise ValueError(f"unknown context model {self.context!r} (known: {', '.join(CONTEXTS)})")
         if not -len(self.lambdas) * 4.0 <= self.lowest_position < max(len(self.lambdas) - 1, 1):
             raise ValueError(f"lowest_position {self.lowest_position} must lie below the last lambda's position")
 
@@ -45,6 +55,7 @@ class ModelConfig:
         d = dict(d)
         d["lambdas"] = tuple(float(x) for x in d["lambdas"])
         d["lowest_position"] = float(d.get("lowest_position", 0.0))  # files from before the field: first lambda
+        d["context"] = str(d.get("context", "none"))
         return cls(**d)
 
 
@@ -54,6 +65,13 @@ STRIDE = 64  # total downsampling from pixels to the hyper-latent
 def ste_round(x: torch.Tensor) -> torch.Tensor:
     """Round in the forward pass, identity gradient in the backward pass."""
     return x + (torch.round(x) - x).detach()
+
+
+def anchor_mask(h: int, w: int, device=None) -> torch.Tensor:
+    """(1, 1, h, w) float mask, 1 on the checkerboard's anchors ((row + col) even), decoded first."""
+    r = torch.arange(h, device=device)[:, None]
+    c = torch.arange(w, device=device)[None, :]
+    return ((r + c) % 2 == 0).float()[None, None]
 
 
 def quality_position(quality: float, levels: int, lowest: float = 0.0) -> float:
@@ -81,6 +99,15 @@ class GainedHyperprior(nn.Module):
         self.h_s = nn.Sequential(
             deconv(N, M), nn.ReLU(), deconv(M, M * 3 // 2), nn.ReLU(), conv(M * 3 // 2, 2 * M, 3, 1)
         )
+        if config.context == "checkerboard":
+            # Only Conv/ReLU, like h_s: re-evaluated exactly in integers. The last layer starts at zero, so a
+            # model initialised from a context-free one starts out identical to it.
+            self.ctx = conv(M, M, CONTEXT_KERNEL, 1)
+            self.ctx_params = nn.Sequential(
+                conv(3 * M, 2 * M, 1, 1), nn.ReLU(), conv(2 * M, 2 * M, 1, 1), nn.ReLU(), conv(2 * M, 2 * M, 1, 1)
+            )
+            nn.init.zeros_(self.ctx_params[-1].weight)
+            nn.init.zeros_(self.ctx_params[-1].bias)
         self.density_z = FactorizedDensity(N)
         lam = torch.tensor(config.lambdas, dtype=torch.float64)
         init = 0.5 * torch.log(lam / lam.sqrt().prod() ** (2.0 / L)).float()  # gain ~ sqrt(lambda)
@@ -103,6 +130,21 @@ class GainedHyperprior(nn.Module):
             lg, lig = self.log_gain[lo], self.log_inv_gain[lo]
         return lg.exp()[:, :, None, None], lig.exp()[:, :, None, None]
 
+    # --- probability model of y ----------------------------------------------------------------------------
+    def entropy_parameters(self, y: torch.Tensor, params: torch.Tensor, rounding) -> torch.Tensor:
+        """Means and scales (B, 2M, h, w) of gained latents y given the hyper-synthesis output `params`.
+
+        Without a context model that is `params` itself. With the checkerboard, non-anchor positions get
+        params + ctx_params([params, ctx(decoded anchors)]); `rounding` (torch.round or ste_round) makes the
+        anchors' reconstruction the decoder will see."""
+        if self.config.context == "none":
+            return params
+        scales, means = params.chunk(2, dim=1)
+        anchors = anchor_mask(y.shape[2], y.shape[3], y.device)
+        y_anchor = (rounding(y - means) + means) * anchors
+        delta = self.ctx_params(torch.cat([params, self.ctx(y_anchor)], dim=1))
+        return params + delta * (1.0 - anchors)
+
     # --- training forward -------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, level: torch.Tensor, autocast: bool = False) -> dict:
         """Noisy-quantization forward pass for training; level is an integer lambda index per sample."""
@@ -112,7 +154,7 @@ class GainedHyperprior(nn.Module):
         y = y.float() * gain
         z = self.h_a(y)
         z_lik = self.density_z.likelihood(z + torch.empty_like(z).uniform_(-0.5, 0.5))
-        params = self.h_s(ste_round(z))
+        params = self.entropy_parameters(y, self.h_s(ste_round(z)), ste_round)
         scales, means = params.chunk(2, dim=1)
         noisy = y + torch.empty_like(y).uniform_(-0.5, 0.5)
         y_lik = gaussian_likelihood(noisy - means, scales)
@@ -129,7 +171,7 @@ class GainedHyperprior(nn.Module):
         y = self.g_a(x) * gain
         z_hat = torch.round(self.h_a(y))
         z_lik = self.density_z.likelihood(z_hat)
-        scales, means = self.h_s(z_hat).chunk(2, dim=1)
+        scales, means = self.entropy_parameters(y, self.h_s(z_hat), torch.round).chunk(2, dim=1)
         q = torch.round(y - means)
         y_lik = gaussian_likelihood(q, scales)
         x_hat = self.g_s((q + means) * inv_gain)

@@ -60,7 +60,7 @@ def rd_objective(net: GainedHyperprior, y: torch.Tensor, x: torch.Tensor, inv_ga
     z = net.h_a(y)
     z_hat = ste_round(z)
     bits_z = -torch.log2(net.density_z.likelihood(z_hat)).sum()
-    scales, means = net.h_s(z_hat).chunk(2, dim=1)
+    scales, means = net.entropy_parameters(y, net.h_s(z_hat), ste_round).chunk(2, dim=1)
     res = ste_round(y - means)
     bits_y = -torch.log2(gaussian_likelihood(res, scales)).sum()
     x_hat = net.g_s((res + means) * inv_gain)

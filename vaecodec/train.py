@@ -45,6 +45,7 @@ class TrainConfig:
     N: int = 128
     M: int = 192
     lambdas: tuple[float, ...] = field(default=DEFAULT_LAMBDAS)
+    context: str = "none"  # see ModelConfig.context
     init: str | None = None  # weights to start from (checkpoint or shipped model)
     prior_steps: int = 0  # training the --init weights had already had (counted in exported cards)
     prior_seconds: float = 0.0
@@ -117,18 +118,24 @@ def training_history(state: dict) -> tuple[int, float]:
 def load_init_weights(model: GainedHyperprior, path: str) -> tuple[int, float]:
     """Start from a checkpoint (.pt) or a shipped model (.safetensors).
 
-    Returns the steps and seconds of training those weights already had, so that a continued run's card
-    counts the whole history.
+    Weights of a context-free model may start a checkerboard model: its context layers keep their fresh
+    initialisation (which leaves the predictions unchanged until they learn). Returns the steps and seconds
+    of training those weights already had, so that a continued run's card counts the whole history.
     """
     if path.endswith(".safetensors"):
         from .model_io import load_float_state, read_metadata
 
-        model.load_state_dict(load_float_state(path))
+        weights = load_float_state(path)
         info = json.loads(read_metadata(Path(path)).get("training", "{}"))
-        return int(info.get("steps", 0)), float(info.get("train_seconds", 0.0))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(state["model"])
-    return training_history(state)
+        history = int(info.get("steps", 0)), float(info.get("train_seconds", 0.0))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        weights, history = state["model"], training_history(state)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    fresh = [k for k in missing if not k.startswith(("ctx.", "ctx_params."))]
+    if fresh or unexpected:
+        raise ValueError(f"{path} does not fit this architecture (missing {fresh[:3]}, unexpected {unexpected[:3]})")
+    return history
 
 
 @torch.no_grad()
@@ -172,7 +179,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     if state:
         model_cfg = ModelConfig.from_dict(state["model_config"])
     else:
-        model_cfg = ModelConfig(N=cfg.N, M=cfg.M, lambdas=tuple(cfg.lambdas))
+        model_cfg = ModelConfig(N=cfg.N, M=cfg.M, lambdas=tuple(cfg.lambdas), context=cfg.context)
     model = GainedHyperprior(model_cfg).to(device)
     if state is None and cfg.init:
         cfg.prior_steps, cfg.prior_seconds = load_init_weights(model, cfg.init)
