@@ -55,14 +55,21 @@ def test_train_resume_export_and_use(image_dir, tmp_path):
 
 def test_fine_tuning_from_a_shipped_model_counts_its_training(image_dir, tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
+    # a context-free model starts a checkerboard one (the default): how the shipped model gained its context
     r = CliRunner().invoke(main, ["train", str(image_dir), "--run-dir", str(tmp_path / "r1"), "--steps", "4",
-                                  "--out", str(first), *TINY])
+                                  "--out", str(first), "--context", "none", *TINY])
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(main, ["train", str(image_dir), "--run-dir", str(tmp_path / "r2"), "--steps", "2",
                                   "--init", str(first.with_suffix(".safetensors")), "--out", str(second), *TINY])
     assert r.exit_code == 0, r.output
     card = json.loads(second.with_suffix(".json").read_text())
     assert card["steps"] == 6 and card["train_config"]["prior_steps"] == 4
+    assert json.loads(first.with_suffix(".json").read_text())["architecture"]["context"] == "none"
+    assert card["architecture"]["context"] == "checkerboard"
+    codec = Codec(second.with_suffix(".safetensors"))
+    assert codec.model.context_int is not None
+    img = Image.open(next(image_dir.iterdir()))
+    assert codec.decode(codec.encode(img, 50)).size == img.size
     assert torch.load(tmp_path / "r2" / "last.pt", weights_only=False)["step"] == 2
 
 

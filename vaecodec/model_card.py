@@ -23,11 +23,14 @@ def write_card(model_file: Path, report: dict, data: str, report_path: Path) -> 
         "",
         f"- File: `{model_file.name}` ({model_file.stat().st_size / 1e6:.1f} MB), "
         f"fingerprint `{model.fingerprint[:16]}`",
-        f"- Architecture: {cfg.arch} (Minnen et al. 2018 mean-scale hyperprior, Cui et al. 2021 gain units), "
-        f"N={cfg.N}, M={cfg.M}, {training.get('parameters', 0) / 1e6:.2f} M parameters; "
+        f"- Architecture: {cfg.arch} (Minnen et al. 2018 mean-scale hyperprior, Cui et al. 2021 gain units"
+        + (", He et al. 2021 checkerboard context model" if cfg.context == "checkerboard" else "")
+        + f"), N={cfg.N}, M={cfg.M}, {training.get('parameters', 0) / 1e6:.2f} M parameters; "
         f"{len(cfg.lambdas)} trade-offs λ = {', '.join(f'{x:g}' for x in cfg.lambdas)}",
-        "- Weights: analysis/synthesis transforms in float16; hyper-synthesis as an exact integer network "
-        "(int16 weights, 8 fractional activation bits); 64 Gaussian and per-channel hyper-latent tables (16-bit)",
+        "- Weights: analysis/synthesis transforms in float16; hyper-synthesis"
+        + (" and context model" if cfg.context != "none" else "")
+        + " as exact integer networks (int16 weights, 8 fractional activation bits); 64 Gaussian and per-channel "
+        "hyper-latent tables (16-bit)",
         f"- Quality: 1..100 maps linearly onto positions {cfg.lowest_position:g}..{len(cfg.lambdas) - 1} among the "
         "λ (log-domain interpolation of the gains"
         + ("; below 0 extrapolated to lower rates than trained)" if cfg.lowest_position < 0 else ")"),

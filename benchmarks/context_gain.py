@@ -1,0 +1,81 @@
+"""What the checkerboard context model buys: real .vae files of a checkerboard model against the same model
+with its context switched off (last context layer zeroed, so every latent uses the hyperprior's parameters).
+
+Usage: python benchmarks/context_gain.py MODEL.safetensors IMAGE_DIR [--limit 8] [--qualities 5,35,65,92]
+       [--json out.json]
+
+Everything else (transforms, hyper-synthesis, tables) is shared, so the difference is the context alone.
+Prints bpp / PSNR per quality for both and the BD-rate of the context (negative: smaller files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vaecodec.codec import Codec
+from vaecodec.evaluate import load_images
+from vaecodec.metrics import bd_rate, psnr
+from vaecodec.model_io import export_model, load_model
+
+
+def context_off_twin(path: Path, out: Path) -> Path:
+    model = load_model(path)
+    if model.config.context == "none":
+        raise SystemExit(f"{path} has no context model")
+    net = model.network
+    with torch.no_grad():
+        net.ctx_params[-1].weight.zero_()
+        net.ctx_params[-1].bias.zero_()
+    export_model(net, out, model.name + "-noctx")
+    return out
+
+
+def measure(codec: Codec, images, qualities) -> list[dict]:
+    rows = []
+    for q in qualities:
+        bits, psnrs = 0.0, []
+        pixels = 0
+        for _, rgb in images:
+            data = codec.encode(Image.fromarray(rgb), q)
+            out = np.asarray(codec.decode(data).convert("RGB"))
+            bits += 8 * len(data)
+            pixels += rgb.shape[0] * rgb.shape[1]
+            psnrs.append(psnr(rgb, out))
+        rows.append({"quality": q, "bpp": bits / pixels, "psnr": float(np.mean(psnrs))})
+        print(f"  q{q}: {rows[-1]['bpp']:.4f} bpp {rows[-1]['psnr']:.2f} dB", flush=True)
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model", type=Path)
+    ap.add_argument("images", type=Path)
+    ap.add_argument("--limit", type=int, default=8)
+    ap.add_argument("--qualities", default="5,35,65,92")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    qualities = [float(x) for x in args.qualities.split(",")]
+    images = load_images(args.images, args.limit)
+    with tempfile.TemporaryDirectory() as tmp:
+        twin = context_off_twin(args.model, Path(tmp) / "noctx.safetensors")
+        print("context on:")
+        on = measure(Codec(args.model), images, qualities)
+        print("context off:")
+        off = measure(Codec(twin), images, qualities)
+    bd = bd_rate([r["bpp"] for r in off], [r["psnr"] for r in off], [r["bpp"] for r in on], [r["psnr"] for r in on])
+    print(f"BD-rate of the context (PSNR): {bd:+.2f}%")
+    if args.json:
+        args.json.write_text(json.dumps({"model": args.model.name, "images": len(images), "context_on": on,
+                                         "context_off": off, "bd_rate_psnr_pct": bd}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
