@@ -48,6 +48,8 @@ def test_train_resume_export_and_use(image_dir, tmp_path):
     assert [x["start"] for x in starts] == [0, 4] and all(x["precision"] == "fp32" for x in starts)
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["steps"] == 6 and card["parameters"] > 0
+    assert "moving average" in card["weights"] and ckpt["ema_steps"] == 4
+    assert any("val_ema" in x for x in lines)
     codec = Codec(out.with_suffix(".safetensors"))
     img = Image.open(next(image_dir.iterdir()))
     assert codec.decode(codec.encode(img, 50)).size == img.size
@@ -71,6 +73,23 @@ def test_fine_tuning_from_a_shipped_model_counts_its_training(image_dir, tmp_pat
     img = Image.open(next(image_dir.iterdir()))
     assert codec.decode(codec.encode(img, 50)).size == img.size
     assert torch.load(tmp_path / "r2" / "last.pt", weights_only=False)["step"] == 2
+
+
+def test_export_ships_the_weight_average_unless_told_not_to(image_dir, tmp_path):
+    from vaecodec.model_io import load_float_state
+
+    run = tmp_path / "run"
+    r = CliRunner().invoke(main, ["train", str(image_dir), "--run-dir", str(run), "--steps", "3", "--ema", "0.5",
+                                  *TINY])
+    assert r.exit_code == 0, r.output
+    state = torch.load(run / "last.pt", weights_only=False)
+    for flag, expect in (("--ema", state["ema"]), ("--no-ema", state["model"])):
+        out = tmp_path / f"m{flag}.safetensors"
+        r = CliRunner().invoke(main, ["export", str(run), "-o", str(out), flag])
+        assert r.exit_code == 0, r.output
+        got = load_float_state(out)["g_a.0.weight"]
+        assert torch.allclose(got, expect["g_a.0.weight"].float().half().float())
+    assert not torch.allclose(state["ema"]["g_a.0.weight"], state["model"]["g_a.0.weight"])
 
 
 def test_resume_without_checkpoint_is_a_clear_error(image_dir, tmp_path):

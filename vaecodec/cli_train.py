@@ -12,7 +12,7 @@ from click.core import ParameterSource
 from .errors import VaecodecError
 
 TRAIN_OPTIONS = ("steps", "batch_size", "crop", "lr", "warmup", "lr_drop_step", "seed", "workers",
-                 "val_every", "ckpt_every", "log_every", "device", "compile")
+                 "val_every", "ckpt_every", "log_every", "device", "compile", "ema")
 
 
 @click.command()
@@ -26,6 +26,8 @@ TRAIN_OPTIONS = ("steps", "batch_size", "crop", "lr", "warmup", "lr_drop_step", 
 @click.option("--warmup", type=click.IntRange(0), default=200, show_default=True)
 @click.option("--lr-drop-step", type=click.IntRange(0), default=0, show_default=True,
               help="Multiply the learning rate by 0.1 from this step on (0: never).")
+@click.option("--ema", type=click.FloatRange(0, 1, max_open=True), default=0.999, show_default=True,
+              help="Decay of the weight average that export ships (0: ship the raw weights).")
 @click.option("--lambdas", help="Comma-separated trade-offs (default: 8 values from 0.0018 to 0.18).")
 @click.option("--N", "n_ch", type=click.IntRange(8), default=128, show_default=True, help="Transform width.")
 @click.option("--M", "m_ch", type=click.IntRange(8), default=192, show_default=True, help="Latent channels.")
@@ -87,7 +89,8 @@ def _model_path(path: Path) -> Path:
     return path if path.suffix == ".safetensors" else path.with_name(path.name + ".safetensors")
 
 
-def _export(ckpt: Path, out: Path, name: str, half: bool, lowest_position: float | None = None) -> None:
+def _export(ckpt: Path, out: Path, name: str, half: bool, lowest_position: float | None = None,
+            use_ema: bool = True) -> None:
     import dataclasses
 
     import torch
@@ -107,9 +110,14 @@ def _export(ckpt: Path, out: Path, name: str, half: bool, lowest_position: float
     config = dataclasses.replace(ModelConfig.from_dict(state["model_config"]), lowest_position=lowest_position)
     model = GainedHyperprior(config)
     model.load_state_dict(state["model"])
+    averaged = use_ema and "ema" in state
+    if averaged:  # parameters from the moving average; buffers (none persistent today) stay the model's
+        model.load_state_dict(state["ema"], strict=False)
     steps, seconds = training_history(state)  # a run started from earlier weights counts their training too
     info = {
         "steps": steps,
+        "weights": (f"moving average (decay {state['train_config'].get('ema')}, over {state.get('ema_steps')} steps)"
+                    if averaged else "last step"),
         "train_seconds": round(seconds),
         "train_config": state["train_config"],
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -130,13 +138,16 @@ def _export(ckpt: Path, out: Path, name: str, half: bool, lowest_position: float
 @click.option("--lowest-position", type=click.FloatRange(-4, 0), default=-2.0, show_default=True,  # network.py's
               help="Position among the trained lambdas that quality 1 maps to; below 0 extrapolates the gains "
                    "to lower rates than were trained.")
+@click.option("--ema/--no-ema", "use_ema", default=True, show_default=True,
+              help="Ship the run's moving average of the weights (if it kept one) rather than the last step's.")
 @click.option("-f", "--force", is_flag=True, help="Replace an existing model file.")
-def export(checkpoint, output, name, fp32, lowest_position, force):
+def export(checkpoint, output, name, fp32, lowest_position, use_ema, force):
     """Export a training checkpoint (or run folder) into a shipped model file plus its card."""
     output = _model_path(output)
     if output.exists() and not force:
         raise VaecodecError(f"{output} already exists (use --force to replace it)")
-    _export(checkpoint, output, name or output.stem, half=not fp32, lowest_position=lowest_position)
+    _export(checkpoint, output, name or output.stem, half=not fp32, lowest_position=lowest_position,
+            use_ema=use_ema)
 
 
 @click.command()
