@@ -7,6 +7,7 @@ import numpy as np
 from PIL import Image
 
 from vaecodec.codec import Codec
+from vaecodec.model_io import DEFAULT_MODEL_NAME
 
 HERE = Path(__file__).resolve().parent
 rgb = np.asarray(Image.open(HERE.parent / "samples" / "kodim23.png").convert("RGB"))[200:264, 300:380].copy()
@@ -14,8 +15,8 @@ codec = Codec()
 data = codec.encode(Image.fromarray(rgb), 60)
 f = codec.parse(data)
 s = codec.read_stream(f.payload, (f.width, f.height))
-(HERE / "data" / "golden_hp1.vae").write_bytes(data)
-(HERE / "data" / "golden_hp1.json").write_text(json.dumps({
+(HERE / "data" / f"golden_{DEFAULT_MODEL_NAME}.vae").write_bytes(data)
+(HERE / "data" / f"golden_{DEFAULT_MODEL_NAME}.json").write_text(json.dumps({
     "model_fingerprint": codec.model.fingerprint,
     "symbols_sha256": s.digest(),
     "decoded_psnr": round(float(10 * np.log10(255.0**2 / np.mean(

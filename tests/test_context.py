@@ -74,15 +74,22 @@ def test_context_changes_only_the_non_anchors(ckbd):
 
 def test_integer_context_matches_the_float_model(ckbd):
     net = ckbd.model.network
+    m = net.config.M
     rgb = natural_image(128, 128)
     with torch.no_grad():
         y = ckbd.latents(rgb) * net.gains_at(torch.tensor([1.0]))[0]
     sym = ckbd._symbols(y)
+    hyper = ckbd._hyper_params(sym.z, y.shape[2:])
+    exact = hyper.clone()
+    ckbd._apply_context(exact, sym.y, anchor_mask(*y.shape[2:])[0, 0].numpy().astype(bool))
     with torch.no_grad():  # float model from the same (exact) hyper output
-        params = ckbd._hyper_params(sym.z, y.shape[2:]).float() / 2**ACT_BITS
-        ref = net.entropy_parameters(y, params, torch.round)
-    means = ref[0, net.config.M:].double().numpy()
-    assert np.abs(sym.means - means).max() < 0.05
+        params = hyper.float() / 2**ACT_BITS
+        ref = net.entropy_parameters(y, params, torch.round).double()
+    got = exact / 2**ACT_BITS
+    correction = (ref - params.double()).abs().max()
+    assert correction > 0.05  # the context does something the comparison would miss if skipped
+    assert float((got - ref).abs().max()) < 0.01  # means and scales
+    assert np.array_equal(sym.means, got[0, m:].numpy())
 
 
 def test_tiled_context_equals_one_pass(ckbd):
@@ -149,15 +156,38 @@ def test_model_file_without_its_context_layers_is_refused(ckbd_path, tmp_path):
     assert json.loads(meta["config"])["context"] == "checkerboard"
 
 
+def test_model_file_with_altered_context_layers_is_refused(ckbd_path, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    from vaecodec.model_io import _fingerprint, read_metadata
+
+    arrays = load_file(str(ckbd_path))
+    meta = read_metadata(ckbd_path)
+    layers = json.loads(meta["int_context_layers"])
+    layers["ctx"][0]["stride"] = 2  # would change what the decoder computes, and break the in-place tiling
+    meta["int_context_layers"] = json.dumps(layers)
+    meta["fingerprint"] = _fingerprint(arrays, meta)
+    bad = tmp_path / "bad.safetensors"
+    save_file(arrays, str(bad), metadata=meta)
+    with pytest.raises(ModelFileError, match="architecture"):
+        load_model(bad)
+
+
 @pytest.fixture(scope="module")
 def valid(ckbd):
     return ckbd.encode(Image.fromarray(natural_image(70, 45)), 60)
 
 
-def test_every_truncation_is_a_clean_error(ckbd, valid):
-    for n in range(0, len(valid), 3):
-        with pytest.raises(VaecodecError):
-            ckbd.decode(valid[:n])
+def test_every_payload_cut_decodes_or_fails_cleanly(ckbd, valid):
+    """Cuts inside and between the two passes reach the stream decoder (the container is resealed)."""
+    f = unpack(valid)
+    payload = f.payload
+    for n in range(len(payload)):
+        f.payload = payload[:n]
+        try:
+            ckbd.decode(pack(f))
+        except VaecodecError as exc:
+            assert "\n" not in str(exc)
 
 
 @settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])

@@ -7,15 +7,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from vaecodec.model_io import DEFAULT_MODEL_NAME
+
 DATA = Path(__file__).resolve().parent / "data"
 SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "kodim23.png"
 
 
 def test_golden_file_decodes_to_the_recorded_symbols(shipped_codec):
-    expected = json.loads((DATA / "golden_hp1.json").read_text())
+    expected = json.loads((DATA / f"golden_{DEFAULT_MODEL_NAME}.json").read_text())
     assert expected["model_fingerprint"] == shipped_codec.model.fingerprint, \
         "the shipped model changed: regenerate the fixture with `python tests/make_golden.py`"
-    data = (DATA / "golden_hp1.vae").read_bytes()
+    data = (DATA / f"golden_{DEFAULT_MODEL_NAME}.vae").read_bytes()
     f = shipped_codec.parse(data)
     s = shipped_codec.read_stream(f.payload, (f.width, f.height))
     assert s.digest() == expected["symbols_sha256"]

@@ -39,7 +39,11 @@ def test_train_resume_export_and_use(image_dir, tmp_path):
     r = CliRunner().invoke(main, ["train", str(image_dir), "--run-dir", str(run_dir), "--steps", "6",
                                   "--resume", "--out", str(out)])
     assert r.exit_code == 0, r.output
-    assert torch.load(run_dir / "last.pt", weights_only=False)["step"] == 6
+    resumed = torch.load(run_dir / "last.pt", weights_only=False)
+    assert resumed["step"] == 6
+    assert ckpt["ema_steps"] == 4 and resumed["ema_steps"] == 6  # the average carried on, not restarted
+    w4, a4, a6 = (t["g_a.0.weight"] for t in (ckpt["model"], ckpt["ema"], resumed["ema"]))
+    assert not torch.allclose(a6, a4) and not torch.allclose(a6, w4)
     lines = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines()]
     steps = [x["step"] for x in lines if "loss" in x]
     assert steps == [2, 4, 6] and all(np.isfinite(x["loss"]) for x in lines if "loss" in x)
@@ -48,7 +52,7 @@ def test_train_resume_export_and_use(image_dir, tmp_path):
     assert [x["start"] for x in starts] == [0, 4] and all(x["precision"] == "fp32" for x in starts)
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["steps"] == 6 and card["parameters"] > 0
-    assert "moving average" in card["weights"] and ckpt["ema_steps"] == 4
+    assert "moving average" in card["weights"]
     assert any("val_ema" in x for x in lines)
     codec = Codec(out.with_suffix(".safetensors"))
     img = Image.open(next(image_dir.iterdir()))
@@ -90,6 +94,15 @@ def test_export_ships_the_weight_average_unless_told_not_to(image_dir, tmp_path)
         got = load_float_state(out)["g_a.0.weight"]
         assert torch.allclose(got, expect["g_a.0.weight"].float().half().float())
     assert not torch.allclose(state["ema"]["g_a.0.weight"], state["model"]["g_a.0.weight"])
+
+
+def test_context_cannot_change_on_resume(image_dir, tmp_path):
+    run = tmp_path / "run"
+    r = CliRunner().invoke(main, ["train", str(image_dir), "--run-dir", str(run), "--steps", "1", *TINY])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["train", str(image_dir), "--run-dir", str(run), "--steps", "2", "--resume",
+                                  "--context", "none"])
+    assert r.exit_code == 1 and "cannot change" in r.output
 
 
 def test_resume_without_checkpoint_is_a_clear_error(image_dir, tmp_path):

@@ -43,7 +43,8 @@ TRAIN_OPTIONS = ("steps", "batch_size", "crop", "lr", "warmup", "lr_drop_step", 
 @click.option("--bf16/--no-bf16", default=None,
               help="bfloat16 autocast on CPU (default: only where the CPU has native bf16, else fp32).")
 @click.option("--init", type=click.Path(path_type=Path, exists=True, dir_okay=False),
-              help="Start from these weights (.safetensors model or .pt checkpoint), e.g. to fine-tune.")
+              help="Start from these weights (.safetensors model, or a .pt checkpoint's raw weights), e.g. to "
+                   "fine-tune.")
 @click.option("--resume", is_flag=True, help="Continue from the run's latest checkpoint.")
 @click.option("--force", is_flag=True, help="Let --out replace an existing model file.")
 @click.pass_context
@@ -71,6 +72,9 @@ def train(ctx, data_dir, out, run_dir, lambdas, n_ch, m_ch, context, init, resum
             if ctx.get_parameter_source(key) == ParameterSource.COMMANDLINE:
                 setattr(cfg, key, opts[key])
         cfg.bf16 = opts["bf16"]  # precision follows the machine the run resumes on (None: automatic)
+        if ctx.get_parameter_source("context") == ParameterSource.COMMANDLINE and context != cfg.context:
+            raise VaecodecError(f"--context cannot change when resuming (the run uses {cfg.context!r}); start a "
+                                "new run with --init")
         cfg.data_dir, cfg.run_dir = str(data_dir), str(run_dir)
     else:
         if (run_dir / "last.pt").exists():
@@ -112,7 +116,10 @@ def _export(ckpt: Path, out: Path, name: str, half: bool, lowest_position: float
     model.load_state_dict(state["model"])
     averaged = use_ema and "ema" in state
     if averaged:  # parameters from the moving average; buffers (none persistent today) stay the model's
-        model.load_state_dict(state["ema"], strict=False)
+        missing, unexpected = model.load_state_dict(state["ema"], strict=False)
+        params = {n for n, _ in model.named_parameters()}
+        if unexpected or params.intersection(missing):
+            raise VaecodecError(f"{ckpt}: its weight average does not match the model (pass --no-ema)")
     steps, seconds = training_history(state)  # a run started from earlier weights counts their training too
     info = {
         "steps": steps,

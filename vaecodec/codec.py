@@ -17,7 +17,7 @@ import torch
 
 from .container import DEFAULT_MAX_PIXELS, VaeFile, pack, quantize_quality, unpack
 from .effort import DEFAULT_EFFORT, EFFORT_ITERATIONS, check_effort
-from .errors import CorruptFileError, ModelMismatchError
+from .errors import CorruptFileError, ModelMismatchError, VaecodecError
 from .imageio import METADATA_CHUNKS, Planes, from_planes, to_planes
 from .integer_net import ACT_BITS
 from .model_io import LoadedModel, load_model
@@ -97,15 +97,19 @@ class Codec:
             return None
         return anchor_mask(*shape)[0, 0].numpy().astype(bool)
 
-    def _apply_context(self, params: torch.Tensor, y_res: np.ndarray, anchors: np.ndarray) -> None:
+    def _apply_context(self, params: torch.Tensor, y_res: np.ndarray, anchors: np.ndarray,
+                       decoding: bool = True) -> None:
         """Refine the non-anchors' means and scales in `params` (in place) from the decoded anchors."""
         m = self.model.config.M
         mask = torch.from_numpy(anchors)
-        anchors_int = (torch.from_numpy(y_res).to(torch.float64) * 2**ACT_BITS + params[0, m:]) * mask
+        anchors_int = torch.from_numpy(y_res).to(torch.float64)  # the one full-size temporary
+        anchors_int.mul_(2**ACT_BITS).add_(params[0, m:]).mul_(mask)
         try:
             self.model.context_int.apply(anchors_int[None], params, ~mask)
         except OverflowError:
-            raise CorruptFileError("file is damaged (latent out of range)") from None
+            if decoding:
+                raise CorruptFileError("file is damaged (latent out of range)") from None
+            raise VaecodecError("image gives latents beyond the context model's exact range") from None
 
     def _split(self, params: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """(means as float64 multiples of 2**-ACT_BITS, scale-table indices) from exact parameters."""
@@ -146,7 +150,7 @@ class Codec:
         y_res = self._residuals(y_np, params[0, self.model.config.M:].numpy() / float(2**ACT_BITS))
         anchors = self._anchors(y.shape[2:])
         if anchors is not None:  # the anchors' residuals above are final; the rest move with the context
-            self._apply_context(params, y_res, anchors)
+            self._apply_context(params, y_res, anchors, decoding=False)
         means, idx = self._split(params)
         if anchors is not None:
             y_res = self._residuals(y_np, means)
