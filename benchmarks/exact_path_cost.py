@@ -1,8 +1,8 @@
 """What exact decoding costs in rate: real .vae bytes vs the model's ideal information content.
 
 For each image and quality:
-  ideal_float  -log2 of the float model's likelihoods (float hyper-synthesis, continuous scales)
-  ideal_int    the same with the integer hyper-synthesis's means and scales (continuous scales)
+  ideal_float  -log2 of the float model's likelihoods (float hyper-synthesis and context, continuous scales)
+  ideal_int    the same with the integer networks' means and scales (continuous scales)
   coded        the stream bytes actually written (integer tables of 64 scales, escapes, coder overhead)
   file         the whole .vae file (header and CRC included)
 Usage: python benchmarks/exact_path_cost.py KODAK_DIR [--limit N] [--json out.json]
@@ -37,9 +37,14 @@ def ideal_bits(codec: Codec, rgb: np.ndarray, quality: float) -> tuple[float, fl
     y = net.g_a(x) * gain
     z = torch.round(net.h_a(y))
     z_bits = float(-torch.log2(net.density_z.likelihood(z)).sum())
-    scales_f, means_f = net.h_s(z).chunk(2, 1)
+    scales_f, means_f = net.entropy_parameters(y, net.h_s(z), torch.round).chunk(2, 1)
     bits_f = float(-torch.log2(gaussian_likelihood(torch.round(y - means_f), scales_f)).sum())
-    p = codec.model.h_s_int(z.long()) / 2**ACT_BITS
+    sym = codec._symbols(y)  # the exact path: integer hyper-synthesis (and context model), continuous scales
+    params = codec._hyper_params(sym.z, y.shape[2:])
+    anchors = codec._anchors(y.shape[2:])
+    if anchors is not None:
+        codec._apply_context(params, sym.y, anchors, decoding=False)
+    p = params / 2**ACT_BITS
     m = codec.model.config.M
     scales_i, means_i = p[:, :m].float(), p[:, m:].float()
     bits_i = float(-torch.log2(gaussian_likelihood(torch.round(y - means_i), scales_i)).sum())
@@ -52,8 +57,9 @@ def main():
     ap.add_argument("--limit", type=int, default=6)
     ap.add_argument("--qualities", default="20,50,80,100")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--model", type=Path, help="model file (default: the shipped one)")
     args = ap.parse_args()
-    codec = Codec()
+    codec = Codec(args.model)
     rows = []
     for name, rgb in load_images(args.directory, args.limit):
         for q in [float(v) for v in args.qualities.split(",")]:
