@@ -43,7 +43,7 @@ def test_lambda_interpolates_log_linearly_between_trained_values(shipped_codec):
 
 @pytest.mark.parametrize("quality", [20, 90])
 def test_refinement_lowers_the_rate_distortion_objective(shipped_codec, quality):
-    rgb = natural_image(128, 128)
+    rgb = natural_image(256, 192)  # on a 128x128 crop hp2 gains <1% at quality 20 in 8 steps
     lat = shipped_codec.latents(rgb)
     gain, _ = shipped_codec._gains(quality)
     y0 = (lat * gain).clone()

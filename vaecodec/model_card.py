@@ -38,7 +38,8 @@ def write_card(model_file: Path, report: dict, data: str, report_path: Path) -> 
         f"- Training: {training.get('steps', '?')} steps of batch {tc.get('batch_size', '?')} × "
         f"{tc.get('crop', '?')}² crops, Adam lr {tc.get('lr', '?')}, loss bpp + λ·255²·MSE with λ drawn per "
         f"sample; {training.get('train_seconds', 0) / 3600:.2f} h wall-clock on 2 CPU cores (torch.compile; "
-        "bf16 autocast where the CPU has native bf16, else fp32)",
+        "bf16 autocast where the CPU has native bf16, else fp32)"
+        + (f"; shipped weights: {training['weights']}" if training.get("weights") else ""),
         "",
         f"## Kodak ({report['images']} images), measured with `vaecodec eval` ({vae.get('settings', '')})",
         "",

@@ -22,7 +22,7 @@ from .network import GainedHyperprior, ModelConfig
 from .range_coding import Table
 
 FILE_FORMAT = "vaecodec-model-1"
-DEFAULT_MODEL_NAME = "hp1"
+DEFAULT_MODEL_NAME = "hp2"
 FLOAT_PREFIX = "float."
 INTEGER_MODULES = ("h_s.", "ctx.", "ctx_params.")  # networks stored only in their exact integer form
 
