@@ -53,6 +53,16 @@ class IntegerLayer:
         return out.clamp_min(0) if self.relu else out
 
 
+def layer_signature(layer: nn.Module, relu: bool) -> dict:
+    """What a model file declares about one integer layer besides its numbers (checked again at load)."""
+    deconv = isinstance(layer, nn.ConvTranspose2d)
+    return {"kind": "deconv" if deconv else "conv", "stride": layer.stride[0], "padding": layer.padding[0],
+            "output_padding": layer.output_padding[0] if deconv else 0, "relu": relu}
+
+
+SIGNATURE_KEYS = ("kind", "stride", "padding", "output_padding", "relu")
+
+
 def quantize_layer(layer: nn.Module, relu: bool) -> dict:
     """Integer weights for one float layer, choosing per output channel the largest exact shift."""
     w = layer.weight.detach().double().cpu().numpy()
@@ -65,24 +75,24 @@ def quantize_layer(layer: nn.Module, relu: bool) -> dict:
     shape[out_axis] = -1
     w_int = np.round(w * (2.0 ** shift).reshape(shape))
     b_int = np.round(b * 2.0 ** (shift + ACT_BITS))
-    kind = "deconv" if isinstance(layer, nn.ConvTranspose2d) else "conv"
-    return {
-        "kind": kind, "weight": w_int.astype(np.int32), "bias": b_int.astype(np.int64), "shift": shift,
-        "stride": layer.stride[0], "padding": layer.padding[0],
-        "output_padding": layer.output_padding[0] if kind == "deconv" else 0, "relu": relu,
-    }
+    return {"weight": w_int.astype(np.int32), "bias": b_int.astype(np.int64), "shift": shift,
+            **layer_signature(layer, relu)}
 
 
-def quantize_sequential(seq: nn.Sequential) -> list[dict]:
+def sequential_layers(seq) -> list[tuple[nn.Module, bool]]:
+    """(conv layer, followed by ReLU) pairs of a Conv/ConvTranspose/ReLU stack; anything else has no exact form."""
     mods = list(seq)
     layers = []
     for i, m in enumerate(mods):
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            relu = i + 1 < len(mods) and isinstance(mods[i + 1], nn.ReLU)
-            layers.append(quantize_layer(m, relu))
+            layers.append((m, i + 1 < len(mods) and isinstance(mods[i + 1], nn.ReLU)))
         elif not isinstance(m, nn.ReLU):
             raise TypeError(f"no exact integer form for {type(m).__name__}")
     return layers
+
+
+def quantize_sequential(seq: nn.Sequential) -> list[dict]:
+    return [quantize_layer(m, relu) for m, relu in sequential_layers(seq)]
 
 
 class IntegerNet:

@@ -17,7 +17,16 @@ from safetensors.numpy import save_file as np_save_file
 
 from .entropy_models import factorized_tables, gaussian_tables, scale_table
 from .errors import ModelFileError
-from .integer_net import ACT_BITS, IntegerContext, IntegerNet, quantize_layer, quantize_sequential
+from .integer_net import (
+    ACT_BITS,
+    SIGNATURE_KEYS,
+    IntegerContext,
+    IntegerNet,
+    layer_signature,
+    quantize_layer,
+    quantize_sequential,
+    sequential_layers,
+)
 from .network import GainedHyperprior, ModelConfig
 from .range_coding import Table
 
@@ -104,20 +113,8 @@ def _store_integer(arrays: dict[str, np.ndarray], module: str, specs: list[dict]
         arrays[f"int.{module}.{i}.weight"] = spec["weight"].astype(np.int16)
         arrays[f"int.{module}.{i}.bias"] = spec["bias"]
         arrays[f"int.{module}.{i}.shift"] = spec["shift"]
-        layer_meta.append({k: spec[k] for k in ("kind", "stride", "padding", "output_padding", "relu")})
+        layer_meta.append({k: spec[k] for k in SIGNATURE_KEYS})
     return layer_meta
-
-
-def _layer_meta(mods: list[torch.nn.Module]) -> list[dict]:
-    """The integer-layer metadata a float architecture implies (what a model file must declare)."""
-    out = []
-    for i, m in enumerate(mods):
-        if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
-            deconv = isinstance(m, torch.nn.ConvTranspose2d)
-            out.append({"kind": "deconv" if deconv else "conv", "stride": m.stride[0], "padding": m.padding[0],
-                        "output_padding": m.output_padding[0] if deconv else 0,
-                        "relu": i + 1 < len(mods) and isinstance(mods[i + 1], torch.nn.ReLU)})
-    return out
 
 
 def _integer_specs(arrays: dict[str, np.ndarray], module: str, layer_meta: list[dict]) -> list[dict]:
@@ -209,12 +206,12 @@ def load_model(path: str | Path | None = None) -> LoadedModel:
         context_meta = json.loads(meta.get("int_context_layers", "null"))
         if (context_meta is None) != (config.context == "none"):
             raise ValueError("context model layers do not match the config")
-        expected = [(layer_meta, _layer_meta(list(network.h_s)))]
+        expected = [(layer_meta, sequential_layers(network.h_s))]
         if context_meta:
-            expected += [(context_meta["ctx"], _layer_meta([network.ctx])),
-                         (context_meta["ctx_params"], _layer_meta(list(network.ctx_params)))]
-        for stored, implied in expected:  # weight shapes are checked by load_state_dict below
-            if [{k: lm.get(k) for k in implied[0]} for lm in stored] != implied:
+            expected += [(context_meta["ctx"], [(network.ctx, False)]),
+                         (context_meta["ctx_params"], sequential_layers(network.ctx_params))]
+        for stored, layers in expected:  # weight shapes are checked by load_state_dict below
+            if [{k: lm.get(k) for k in SIGNATURE_KEYS} for lm in stored] != [layer_signature(*x) for x in layers]:
                 raise ValueError("integer layers do not match the architecture")
         network.load_state_dict(_float_state(arrays, layer_meta, context_meta))
         network.eval()
