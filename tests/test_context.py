@@ -101,12 +101,31 @@ def test_tiled_context_equals_one_pass(ckbd):
     anchors = anchor_mask(h, w)[0, 0].bool()
     y = torch.randint(-2000, 2000, (1, m, h, w), generator=g).double() * anchors
     whole = params.clone()
-    ctx.apply(y, whole, ~anchors, tile=100)
+    ctx.apply(y, whole, tile=100)
     assert not torch.equal(whole, params)
     for tile in (1, 2, 3, 5):
         p = params.clone()
-        ctx.apply(y, p, ~anchors, tile=tile)
+        ctx.apply(y, p, tile=tile)
         assert torch.equal(p, whole)
+
+
+def test_context_on_the_non_anchors_equals_a_full_pass_masked(ckbd):
+    """The strided evaluation gives exactly what the full-resolution layers give at the non-anchors."""
+    ctx = ckbd.model.context_int
+    m = ckbd.model.config.M
+    g = torch.Generator().manual_seed(5)
+    for h, w in ((1, 1), (1, 6), (7, 1), (10, 13), (13, 10)):
+        params = torch.randint(-600, 600, (1, 2 * m, h, w), generator=g).double()
+        anchors = anchor_mask(h, w)[0, 0].bool()
+        y = torch.randint(-2000, 2000, (1, m, h, w), generator=g).double() * anchors
+        x = torch.cat([params, ctx.ctx(y)], dim=1)
+        for layer in ctx.params:
+            x = layer(x)
+        want = params + x * (~anchors).double()
+        for tile in (2, 3, 100):
+            got = params.clone()
+            ctx.apply(y, got, tile=tile)
+            assert torch.equal(got, want), (h, w, tile)
 
 
 def test_zero_initialised_context_predicts_like_the_hyperprior():

@@ -105,7 +105,7 @@ class Codec:
         anchors_int = torch.from_numpy(y_res).to(torch.float64)  # the one full-size temporary
         anchors_int.mul_(2**ACT_BITS).add_(params[0, m:]).mul_(mask)
         try:
-            self.model.context_int.apply(anchors_int[None], params, ~mask)
+            self.model.context_int.apply(anchors_int[None], params)
         except OverflowError:
             if decoding:
                 raise CorruptFileError("file is damaged (latent out of range)") from None

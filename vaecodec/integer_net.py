@@ -40,14 +40,18 @@ class IntegerLayer:
         wsum = self.weight.abs().sum(dim=(0, 2, 3) if kind == "deconv" else (1, 2, 3)).max()
         self.weight_l1 = float(wsum)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, stride: int | None = None, padding: int | None = None) -> torch.Tensor:
+        """The layer on integer activations x; a conv may be run at another stride or padding (the context
+        model evaluates its 5x5 conv only where the checkerboard needs it)."""
         bound = float(x.abs().max()) * self.weight_l1 + float(self.bias.abs().max()) if x.numel() else 0.0
         if bound >= EXACT_LIMIT:
             raise OverflowError("integer hyper-synthesis would leave the exact float64 range")
+        stride = self.stride if stride is None else stride
+        padding = self.padding if padding is None else padding
         if self.kind == "deconv":
-            acc = F.conv_transpose2d(x, self.weight, None, self.stride, self.padding, self.output_padding)
+            acc = F.conv_transpose2d(x, self.weight, None, stride, padding, self.output_padding)
         else:
-            acc = F.conv2d(x, self.weight, None, self.stride, self.padding)
+            acc = F.conv2d(x, self.weight, None, stride, padding)
         acc = acc + self.bias.view(1, -1, 1, 1)
         out = torch.floor(acc / self.divisor + 0.5)
         return out.clamp_min(0) if self.relu else out
@@ -155,22 +159,31 @@ class IntegerContext:
         self.halo = self.ctx.weight.shape[-1] // 2
 
     @torch.no_grad()
-    def apply(self, anchors_int: torch.Tensor, params_int: torch.Tensor, non_anchor: torch.Tensor,
-              tile: int = CONTEXT_TILE) -> None:
-        """Add the corrections into params_int (1, 2M, h, w) in place, at non_anchor positions (h, w bool).
+    def apply(self, anchors_int: torch.Tensor, params_int: torch.Tensor, tile: int = CONTEXT_TILE) -> None:
+        """Add the corrections into params_int (1, 2M, h, w) in place at the non-anchors ((row + col) odd);
+        anchors_int (1, M, h, w) must be zero there.
 
-        Tile by tile with a halo covering the context kernel: the 1x1 layers only read their own position,
-        which no earlier tile has changed, so the in-place update equals one whole pass."""
+        Only the non-anchors are computed (half the work of a full pass): per tile, the 5x5 conv runs at
+        stride 2 over the two sub-grids of non-anchors, and the 1x1 layers only on their positions. A tile
+        reads a halo covering the kernel and only its own positions of params_int, which no other tile
+        changes, so the in-place update equals one whole pass whatever the tile."""
         h, w = params_int.shape[2:]
+        halo = self.halo
         for r0 in range(0, h, tile):
             r1 = min(h, r0 + tile)
-            a0, a1 = max(0, r0 - self.halo), min(h, r1 + self.halo)
             for c0 in range(0, w, tile):
                 c1 = min(w, c0 + tile)
-                b0, b1 = max(0, c0 - self.halo), min(w, c1 + self.halo)
-                ctx = self.ctx(anchors_int[:, :, a0:a1, b0:b1])[:, :, r0 - a0 : r1 - a0, c0 - b0 : c1 - b0]
-                x = torch.cat([params_int[:, :, r0:r1, c0:c1], ctx], dim=1)
-                for layer in self.params:
-                    x = layer(x)
-                keep = non_anchor[r0:r1, c0:c1].to(x.dtype)
-                params_int[:, :, r0:r1, c0:c1] += x * keep
+                # The tile plus its halo, zero outside the image (what the conv's own padding would read).
+                a0, a1, b0, b1 = max(0, r0 - halo), min(h, r1 + halo), max(0, c0 - halo), min(w, c1 + halo)
+                window = F.pad(anchors_int[:, :, a0:a1, b0:b1],
+                               (b0 - (c0 - halo), (c1 + halo) - b1, a0 - (r0 - halo), (r1 + halo) - a1))
+                for dr in (0, 1):
+                    dc = (r0 + c0 + dr + 1) % 2  # the first non-anchor column in row r0 + dr
+                    if r0 + dr >= r1 or c0 + dc >= c1:
+                        continue
+                    ctx = self.ctx(window[:, :, dr:, dc:], stride=2, padding=0)
+                    target = params_int[:, :, r0 + dr : r1 : 2, c0 + dc : c1 : 2]
+                    x = torch.cat([target, ctx], dim=1)  # same shape: one output per non-anchor
+                    for layer in self.params:
+                        x = layer(x)
+                    target += x
