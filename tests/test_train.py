@@ -113,10 +113,66 @@ def test_resume_without_checkpoint_is_a_clear_error(image_dir, tmp_path):
 def test_ddp_two_processes_gloo(image_dir, tmp_path):
     env = {**os.environ, "VAECODEC_DDP_BACKEND": "gloo", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "vaecodec", "train", str(image_dir), "--run-dir", str(tmp_path / "ddp"), "--steps", "2", *TINY]
+           "-m", "vaecodec", "train", str(image_dir), "--run-dir", str(tmp_path / "ddp"), "--steps", "3", *TINY]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert torch.load(tmp_path / "ddp" / "last.pt", weights_only=False)["step"] == 2
+    assert torch.load(tmp_path / "ddp" / "last.pt", weights_only=False)["step"] == 3
+    # Out of time: both ranks stop at the same step (else the all-reduce would hang), checkpoint included.
+    r = subprocess.run([*cmd[:-len(TINY) - 2], "--steps", "1000", "--resume", "--max-time", "0.01s"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert torch.load(tmp_path / "ddp" / "last.pt", weights_only=False)["step"] == 4
+
+
+@pytest.mark.parametrize("text, seconds", [("90m", 5400), ("1h30m", 5400), ("01:30:00", 5400), ("3600", 3600),
+                                           ("2.5s", 2.5), ("1h", 3600), ("10:00", 600)])
+def test_durations(text, seconds):
+    from vaecodec.cli_train import DURATION
+
+    assert DURATION.convert(text, None, None) == seconds
+
+
+@pytest.mark.parametrize("text", ["soon", "0", "1x", "1:2:3:4", "-5m"])
+def test_bad_durations_are_one_line_usage_errors(image_dir, tmp_path, text):
+    r = CliRunner().invoke(main, ["train", str(image_dir), "--run-dir", str(tmp_path / "r"), "--max-time", text])
+    assert r.exit_code == 2 and "--max-time" in r.output and len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_max_time_stops_with_a_checkpoint_and_still_exports(image_dir, tmp_path):
+    run, out = tmp_path / "run", tmp_path / "m"
+    r = CliRunner().invoke(main, ["train", str(image_dir), "--run-dir", str(run), "--steps", "1000",
+                                  "--max-time", "0.01s", "--out", str(out), *TINY])
+    assert r.exit_code == 0, r.output
+    assert torch.load(run / "last.pt", weights_only=False)["step"] == 1  # not a multiple of --ckpt-every 2
+    lines = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    assert lines[-1] == {"step": 1, "stopped": "max-time"}
+    assert json.loads(out.with_suffix(".json").read_text())["steps"] == 1
+    r = CliRunner().invoke(main, ["train", str(image_dir), "--run-dir", str(run), "--steps", "3", "--resume"])
+    assert r.exit_code == 0, r.output
+    assert torch.load(run / "last.pt", weights_only=False)["step"] == 3
+
+
+def test_sigterm_stops_at_a_step_with_a_checkpoint(image_dir, tmp_path):
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "vaecodec", "train", str(image_dir), "--run-dir", str(run), "--steps", "100000",
+           *TINY[:-2], "--ckpt-every", "1000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    log = run / "log.jsonl"
+    deadline = time.time() + 120
+    while not (log.exists() and '"loss"' in log.read_text()) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "continue with --resume" in err and "Traceback" not in err
+    stopped = [json.loads(x) for x in log.read_text().splitlines()][-1]
+    assert stopped["stopped"] == "SIGTERM"
+    assert torch.load(run / "last.pt", weights_only=False)["step"] == stopped["step"] >= 2
 
 
 def test_model_card_from_an_eval_report(tmp_path, tiny_model_path):

@@ -9,7 +9,42 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from .errors import VaecodecError
+from .errors import StoppedBySignal, VaecodecError
+
+
+class Duration(click.ParamType):
+    """A time span: seconds (3600, 3600s), minutes (90m), hours (2h, 1.5h), combinations (1h30m) or H:MM:SS."""
+
+    name = "duration"
+    UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float)):
+            return float(value)
+        text = str(value).strip().lower()
+        try:
+            if ":" in text:
+                parts = [float(p) for p in text.split(":")]
+                if len(parts) > 3:
+                    raise ValueError
+                seconds = sum(p * 60.0**i for i, p in enumerate(reversed(parts)))
+            else:
+                seconds, number = 0.0, ""
+                for ch in text:
+                    if ch in self.UNITS:
+                        seconds, number = seconds + float(number) * self.UNITS[ch], ""
+                    else:
+                        number += ch
+                if number:
+                    seconds += float(number)
+        except ValueError:
+            self.fail(f"{value!r} is not a duration (e.g. 90m, 2h, 1h30m, 3600s, 01:30:00)", param, ctx)
+        if not seconds > 0:
+            self.fail(f"{value!r}: the duration must be positive", param, ctx)
+        return seconds
+
+
+DURATION = Duration()
 
 TRAIN_OPTIONS = ("steps", "batch_size", "crop", "lr", "warmup", "lr_drop_step", "seed", "workers",
                  "val_every", "ckpt_every", "log_every", "device", "compile", "ema")
@@ -46,9 +81,12 @@ TRAIN_OPTIONS = ("steps", "batch_size", "crop", "lr", "warmup", "lr_drop_step", 
               help="Start from these weights (.safetensors model, or a .pt checkpoint's raw weights), e.g. to "
                    "fine-tune.")
 @click.option("--resume", is_flag=True, help="Continue from the run's latest checkpoint.")
+@click.option("--max-time", type=DURATION, help="Stop after this much training (e.g. 90m, 2h, 1h30m, 3600s, "
+              "01:30:00) with a checkpoint to --resume from; --out still exports. SIGTERM and Ctrl-C also stop "
+              "at the end of the current step with a checkpoint (a second Ctrl-C kills).")
 @click.option("--force", is_flag=True, help="Let --out replace an existing model file.")
 @click.pass_context
-def train(ctx, data_dir, out, run_dir, lambdas, n_ch, m_ch, context, init, resume, force, **opts):
+def train(ctx, data_dir, out, run_dir, lambdas, n_ch, m_ch, context, init, resume, max_time, force, **opts):
     """Train (or fine-tune) a model on a folder of images."""
     import torch
 
@@ -84,7 +122,10 @@ def train(ctx, data_dir, out, run_dir, lambdas, n_ch, m_ch, context, init, resum
                           context=context, init=str(init) if init else None, **opts)
     if not Path(cfg.data_dir).is_dir():
         raise VaecodecError(f"{cfg.data_dir}: training folder not found")
-    ckpt = run_training(cfg, resume=resume)
+    ckpt, stopped = run_training(cfg, resume=resume, max_seconds=max_time)
+    if stopped not in (None, "max-time"):  # interrupted: leave quickly, the checkpoint is written
+        raise StoppedBySignal(f"training stopped by {stopped} at a saved checkpoint; continue with --resume "
+                              f"--run-dir {run_dir}")
     if out and int(os.environ.get("RANK", "0")) == 0:  # one process writes the model
         _export(ckpt, out, out.stem, half=True)
 

@@ -29,3 +29,9 @@ class ModelFileError(VaecodecError):
 
 class InputImageError(VaecodecError):
     """An input image that cannot be read or is out of the supported limits."""
+
+
+class StoppedBySignal(VaecodecError):
+    """Stopped by a signal after saving its state (exit status 130, like Ctrl-C)."""
+
+    exit_code = 130

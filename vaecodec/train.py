@@ -201,7 +201,55 @@ def validate(model: GainedHyperprior, images: list[torch.Tensor], levels: list[i
     return result
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> Path:
+class StopRequest:
+    """Ends a run cleanly at a step boundary, with a checkpoint, on SIGTERM/SIGINT or after a time budget.
+
+    The first signal asks for the stop; a second one gets the signal's default behaviour (Ctrl-C twice kills).
+    Under DDP every rank stops at the same step (the flag is all-reduced), or the others would wait forever."""
+
+    def __init__(self, max_seconds: float | None, world: int = 1, device: torch.device | str = "cpu"):
+        self.deadline = time.monotonic() + max_seconds if max_seconds else None
+        self.world, self.device, self.reason, self._previous = world, device, None, {}
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame):
+        import signal
+
+        self.reason = signal.Signals(signum).name
+        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))  # the next one is not caught
+
+    def due(self) -> bool:
+        if self.reason is None and self.deadline is not None and time.monotonic() >= self.deadline:
+            self.reason = "max-time"
+        if self.world > 1:  # 0: go on, 1: out of time, 2: a signal; every rank takes the largest
+            code = 0 if self.reason is None else 1 if self.reason == "max-time" else 2
+            flag = torch.tensor([float(code)], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            agreed = int(flag.item())
+            if agreed > code:
+                self.reason = "max-time" if agreed == 1 else "a signal to another rank"
+        return self.reason is not None
+
+
+def train(cfg: TrainConfig, resume: bool = False, max_seconds: float | None = None) -> tuple[Path, str | None]:
+    """Run (or continue) training up to cfg.steps; stops early, with a checkpoint, after max_seconds of this
+    call's training loop or on SIGTERM/SIGINT, so it can be resumed from exactly there.
+
+    Returns the checkpoint and why the run stopped early (None: it reached cfg.steps)."""
     rank, world = _distributed()
     run_dir = Path(cfg.run_dir)
     ckpt_file = checkpoint_path(run_dir)
@@ -277,54 +325,66 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     bar = tqdm(total=cfg.steps, initial=step, disable=rank != 0, dynamic_ncols=True, desc="train")
     t_last, acc = time.time(), {"loss": 0.0, "bpp": 0.0, "mse": 0.0, "n": 0}
     model.train()
-    while step < cfg.steps:
-        for g in optimizer.param_groups:
-            g["lr"] = lr_at(cfg, step)
-        x = sampler.sample(cfg.batch_size).to(device).contiguous(memory_format=torch.channels_last)
-        level = torch.randint(0, L, (cfg.batch_size,), generator=gen)
-        out = net(x, level.to(device), autocast=autocast)
-        terms = rd_loss(out, x, lambdas[level].to(device))
-        optimizer.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        if cfg.clip_grad:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-        optimizer.step()
-        if ema:
-            ema.update()
-        step += 1
-        for k in ("loss", "bpp", "mse"):
-            acc[k] += float(terms[k].detach())
-        acc["n"] += 1
-        if rank != 0:
-            continue
-        bar.update(1)
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            now = time.time()
-            elapsed += now - t_last
-            n = acc["n"]
-            mse = acc["mse"] / n
-            rec = {
-                "step": step, "loss": acc["loss"] / n, "bpp": acc["bpp"] / n,
-                "psnr": 10 * math.log10(1.0 / max(mse, 1e-12)), "lr": lr_at(cfg, step - 1),
-                "sec_per_step": (now - t_last) / n, "elapsed": round(elapsed, 1),
-            }
-            t_last, acc = now, {"loss": 0.0, "bpp": 0.0, "mse": 0.0, "n": 0}
-            bar.set_postfix(loss=f"{rec['loss']:.3f}", bpp=f"{rec['bpp']:.3f}", psnr=f"{rec['psnr']:.2f}")
-            log.write(json.dumps(rec) + "\n")
-            log.flush()
-        if val_images and (step % cfg.val_every == 0 or step == cfg.steps):
-            rec = {"step": step, "val": validate(model, val_images, [0, L // 2, L - 1])}
+    with StopRequest(max_seconds, world, device) as stop:
+        while step < cfg.steps:
+            for g in optimizer.param_groups:
+                g["lr"] = lr_at(cfg, step)
+            x = sampler.sample(cfg.batch_size).to(device).contiguous(memory_format=torch.channels_last)
+            level = torch.randint(0, L, (cfg.batch_size,), generator=gen)
+            out = net(x, level.to(device), autocast=autocast)
+            terms = rd_loss(out, x, lambdas[level].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            if cfg.clip_grad:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+            optimizer.step()
             if ema:
-                with ema.swapped_in():
-                    rec["val_ema"] = validate(model, val_images, [0, L // 2, L - 1])
-            log.write(json.dumps(rec) + "\n")
-            log.flush()
-        if step % cfg.ckpt_every == 0 or step == cfg.steps:
-            save_checkpoint(ckpt_file, model, optimizer, step, cfg, elapsed, gen, ema)
+                ema.update()
+            step += 1
+            for k in ("loss", "bpp", "mse"):
+                acc[k] += float(terms[k].detach())
+            acc["n"] += 1
+            if rank != 0:
+                if stop.due():
+                    break
+                continue
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                now = time.time()
+                elapsed += now - t_last
+                n = acc["n"]
+                mse = acc["mse"] / n
+                rec = {
+                    "step": step, "loss": acc["loss"] / n, "bpp": acc["bpp"] / n,
+                    "psnr": 10 * math.log10(1.0 / max(mse, 1e-12)), "lr": lr_at(cfg, step - 1),
+                    "sec_per_step": (now - t_last) / n, "elapsed": round(elapsed, 1),
+                }
+                t_last, acc = now, {"loss": 0.0, "bpp": 0.0, "mse": 0.0, "n": 0}
+                bar.set_postfix(loss=f"{rec['loss']:.3f}", bpp=f"{rec['bpp']:.3f}", psnr=f"{rec['psnr']:.2f}")
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+            if val_images and (step % cfg.val_every == 0 or step == cfg.steps):
+                rec = {"step": step, "val": validate(model, val_images, [0, L // 2, L - 1])}
+                if ema:
+                    with ema.swapped_in():
+                        rec["val_ema"] = validate(model, val_images, [0, L // 2, L - 1])
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+            stopping = stop.due()
+            if stopping:  # the time since the last log line counts too
+                now = time.time()
+                elapsed, t_last = elapsed + now - t_last, now
+            if step % cfg.ckpt_every == 0 or step == cfg.steps or stopping:
+                save_checkpoint(ckpt_file, model, optimizer, step, cfg, elapsed, gen, ema)
+            if stopping:
+                log.write(json.dumps({"step": step, "stopped": stop.reason}) + "\n")
+                log.flush()
+                tqdm.write(f"stopped at step {step} ({stop.reason}); checkpoint {ckpt_file}, continue with --resume")
+                break
     bar.close()
     if log:
         log.close()
     if world > 1:
         dist.destroy_process_group()
-    return ckpt_file
+    return ckpt_file, stop.reason
 
