@@ -132,7 +132,7 @@ def test_durations(text, seconds):
     assert DURATION.convert(text, None, None) == seconds
 
 
-@pytest.mark.parametrize("text", ["soon", "0", "1x", "1:2:3:4", "-5m"])
+@pytest.mark.parametrize("text", ["soon", "0", "1x", "1:2:3:4", "-5m", "1h30", "1h-30m", "30m1h", "1:90", "inf"])
 def test_bad_durations_are_one_line_usage_errors(image_dir, tmp_path, text):
     r = CliRunner().invoke(main, ["train", str(image_dir), "--run-dir", str(tmp_path / "r"), "--max-time", text])
     assert r.exit_code == 2 and "--max-time" in r.output and len(r.output.strip().splitlines()) == 1
@@ -140,10 +140,14 @@ def test_bad_durations_are_one_line_usage_errors(image_dir, tmp_path, text):
 
 
 def test_max_time_stops_with_a_checkpoint_and_still_exports(image_dir, tmp_path):
+    import signal
+
     run, out = tmp_path / "run", tmp_path / "m"
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     r = CliRunner().invoke(main, ["train", str(image_dir), "--run-dir", str(run), "--steps", "1000",
                                   "--max-time", "0.01s", "--out", str(out), *TINY])
     assert r.exit_code == 0, r.output
+    assert signal.getsignal(signal.SIGINT) is handlers[0]  # training leaves Ctrl-C as it found it
     assert torch.load(run / "last.pt", weights_only=False)["step"] == 1  # not a multiple of --ckpt-every 2
     lines = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
     assert lines[-1] == {"step": 1, "stopped": "max-time"}
@@ -191,3 +195,39 @@ def test_model_card_from_an_eval_report(tmp_path, tiny_model_path):
     text = model.with_suffix(".md").read_text()
     assert "Model card: `tiny`" in text and "| 20 |" in text and "| jpeg |" in text
     assert "positions -2..2 among" in text and "effort 1" in text  # the quality mapping and encoder setting
+
+
+def test_a_repeated_signal_is_one_request_until_the_grace_has_passed():
+    import signal
+
+    from vaecodec.train import StopRequest
+
+    with StopRequest(None) as stop:
+        assert not stop.due()
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)  # a forwarded copy: not a second Ctrl-C
+        assert stop.due() and stop.reason == "SIGINT"
+        stop._first_at -= StopRequest.REPEAT_GRACE
+        with pytest.raises(KeyboardInterrupt):  # a real second Ctrl-C kills
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def _stop_agreement_worker(rank: int, store: str, results: str) -> None:
+    import torch.distributed as dist
+
+    from vaecodec.train import StopRequest
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    stop = StopRequest(1e-9 if rank == 0 else None, world=2)  # only rank 0 runs out of time
+    with open(f"{results}.{rank}", "w") as f:
+        f.write(f"{stop.due()} {stop.reason}")
+    dist.destroy_process_group()
+
+
+def test_ddp_ranks_agree_to_stop_when_one_runs_out_of_time(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_stop_agreement_worker, args=(str(tmp_path / "store"), str(tmp_path / "r")), nprocs=2)
+    assert (tmp_path / "r.0").read_text() == "True max-time"
+    assert (tmp_path / "r.1").read_text() == "True max-time"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import click
@@ -16,28 +17,20 @@ class Duration(click.ParamType):
     """A time span: seconds (3600, 3600s), minutes (90m), hours (2h, 1.5h), combinations (1h30m) or H:MM:SS."""
 
     name = "duration"
-    UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
+
+    UNIT_FORM = re.compile(r"(?:(\d+(?:\.\d*)?)h)?(?:(\d+(?:\.\d*)?)m)?(?:(\d+(?:\.\d*)?)s)?")
+    CLOCK_FORM = re.compile(r"(?:(\d+):)?(\d+):(\d+(?:\.\d*)?)")
 
     def convert(self, value, param, ctx):
-        if isinstance(value, (int, float)):
-            return float(value)
         text = str(value).strip().lower()
-        try:
-            if ":" in text:
-                parts = [float(p) for p in text.split(":")]
-                if len(parts) > 3:
-                    raise ValueError
-                seconds = sum(p * 60.0**i for i, p in enumerate(reversed(parts)))
-            else:
-                seconds, number = 0.0, ""
-                for ch in text:
-                    if ch in self.UNITS:
-                        seconds, number = seconds + float(number) * self.UNITS[ch], ""
-                    else:
-                        number += ch
-                if number:
-                    seconds += float(number)
-        except ValueError:
+        seconds = None
+        if re.fullmatch(r"\d+(?:\.\d*)?", text):
+            seconds = float(text)
+        elif (m := self.CLOCK_FORM.fullmatch(text)) and float(m[2]) < 60 and float(m[3]) < 60:
+            seconds = float(m[1] or 0) * 3600 + float(m[2]) * 60 + float(m[3])
+        elif text and (m := self.UNIT_FORM.fullmatch(text)):
+            seconds = sum(float(v) * f for v, f in zip(m.groups(), (3600, 60, 1), strict=True) if v)
+        if seconds is None:
             self.fail(f"{value!r} is not a duration (e.g. 90m, 2h, 1h30m, 3600s, 01:30:00)", param, ctx)
         if not seconds > 0:
             self.fail(f"{value!r}: the duration must be positive", param, ctx)
@@ -123,10 +116,11 @@ def train(ctx, data_dir, out, run_dir, lambdas, n_ch, m_ch, context, init, resum
     if not Path(cfg.data_dir).is_dir():
         raise VaecodecError(f"{cfg.data_dir}: training folder not found")
     ckpt, stopped = run_training(cfg, resume=resume, max_seconds=max_time)
-    if stopped not in (None, "max-time"):  # interrupted: leave quickly, the checkpoint is written
+    rank = int(os.environ.get("RANK", "0"))
+    if stopped not in (None, "max-time") and rank == 0:  # interrupted: leave quickly, the checkpoint is written
         raise StoppedBySignal(f"training stopped by {stopped} at a saved checkpoint; continue with --resume "
                               f"--run-dir {run_dir}")
-    if out and int(os.environ.get("RANK", "0")) == 0:  # one process writes the model
+    if out and rank == 0 and stopped in (None, "max-time"):  # one process writes the model
         _export(ckpt, out, out.stem, half=True)
 
 

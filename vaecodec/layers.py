@@ -46,7 +46,7 @@ class GDN(nn.Module):
         beta = lower_bound(self.beta, (self.beta_min + self.pedestal) ** 0.5) ** 2 - self.pedestal
         gamma = lower_bound(self.gamma, self.pedestal**0.5) ** 2 - self.pedestal
         norm = F.conv2d(x * x, gamma.view(c, c, 1, 1).to(x.dtype), beta.to(x.dtype))
-        if torch.is_grad_enabled() and (x.requires_grad or self.gamma.requires_grad):
+        if norm.requires_grad:
             norm = torch.sqrt(norm)
             return x * norm if self.inverse else x / norm
         # Inference: the same values without two more full-size temporaries (GDN is memory-bound on CPUs).

@@ -204,12 +204,17 @@ def validate(model: GainedHyperprior, images: list[torch.Tensor], levels: list[i
 class StopRequest:
     """Ends a run cleanly at a step boundary, with a checkpoint, on SIGTERM/SIGINT or after a time budget.
 
-    The first signal asks for the stop; a second one gets the signal's default behaviour (Ctrl-C twice kills).
-    Under DDP every rank stops at the same step (the flag is all-reduced), or the others would wait forever."""
+    Repeats of a signal within REPEAT_GRACE seconds count as the same request (torchrun forwards a signal to
+    its workers' process group, which may also have received it); a later one gets the signal's previous
+    behaviour, so Ctrl-C twice still kills. Under DDP every rank stops at the same step (the flags are
+    all-reduced), or the others would wait forever."""
+
+    REPEAT_GRACE = 3.0
 
     def __init__(self, max_seconds: float | None, world: int = 1, device: torch.device | str = "cpu"):
         self.deadline = time.monotonic() + max_seconds if max_seconds else None
         self.world, self.device, self.reason, self._previous = world, device, None, {}
+        self._first_at = None
 
     def __enter__(self):
         import signal
@@ -217,7 +222,8 @@ class StopRequest:
 
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
+                previous = signal.signal(sig, self._handle)
+                self._previous[sig] = signal.SIG_DFL if previous is None else previous
         return self
 
     def __exit__(self, *exc):
@@ -229,8 +235,18 @@ class StopRequest:
     def _handle(self, signum, frame):
         import signal
 
-        self.reason = signal.Signals(signum).name
-        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))  # the next one is not caught
+        now = time.monotonic()
+        if self._first_at is None:
+            self._first_at, self.reason = now, signal.Signals(signum).name
+            return
+        if now - self._first_at < self.REPEAT_GRACE:
+            return
+        previous = self._previous.get(signum, signal.SIG_DFL)
+        signal.signal(signum, previous)
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == signal.SIG_DFL:
+            os.kill(os.getpid(), signum)
 
     def due(self) -> bool:
         if self.reason is None and self.deadline is not None and time.monotonic() >= self.deadline:
@@ -325,6 +341,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_seconds: float | None = No
     bar = tqdm(total=cfg.steps, initial=step, disable=rank != 0, dynamic_ncols=True, desc="train")
     t_last, acc = time.time(), {"loss": 0.0, "bpp": 0.0, "mse": 0.0, "n": 0}
     model.train()
+    stopped = None
     with StopRequest(max_seconds, world, device) as stop:
         while step < cfg.steps:
             for g in optimizer.param_groups:
@@ -345,7 +362,8 @@ def train(cfg: TrainConfig, resume: bool = False, max_seconds: float | None = No
                 acc[k] += float(terms[k].detach())
             acc["n"] += 1
             if rank != 0:
-                if stop.due():
+                if step < cfg.steps and stop.due():
+                    stopped = stop.reason
                     break
                 continue
             bar.update(1)
@@ -370,14 +388,15 @@ def train(cfg: TrainConfig, resume: bool = False, max_seconds: float | None = No
                         rec["val_ema"] = validate(model, val_images, [0, L // 2, L - 1])
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
-            stopping = stop.due()
+            stopping = step < cfg.steps and stop.due()  # the last step ends the run anyway
             if stopping:  # the time since the last log line counts too
                 now = time.time()
                 elapsed, t_last = elapsed + now - t_last, now
             if step % cfg.ckpt_every == 0 or step == cfg.steps or stopping:
                 save_checkpoint(ckpt_file, model, optimizer, step, cfg, elapsed, gen, ema)
             if stopping:
-                log.write(json.dumps({"step": step, "stopped": stop.reason}) + "\n")
+                stopped = stop.reason
+                log.write(json.dumps({"step": step, "stopped": stopped}) + "\n")
                 log.flush()
                 tqdm.write(f"stopped at step {step} ({stop.reason}); checkpoint {ckpt_file}, continue with --resume")
                 break
@@ -385,6 +404,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_seconds: float | None = No
     if log:
         log.close()
     if world > 1:
+        dist.barrier()  # nobody exits (and makes torchrun end the group) before rank 0 has saved
         dist.destroy_process_group()
-    return ckpt_file, stop.reason
+    return ckpt_file, stopped
 
