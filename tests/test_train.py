@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -211,6 +212,18 @@ def test_a_repeated_signal_is_one_request_until_the_grace_has_passed():
         with pytest.raises(KeyboardInterrupt):  # a real second Ctrl-C kills
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_signal_after_the_time_is_up_keeps_the_reason():
+    import signal
+
+    from vaecodec.train import StopRequest
+
+    with StopRequest(1e-9) as stop:
+        time.sleep(0.01)
+        assert stop.due() and stop.reason == "max-time"
+        os.kill(os.getpid(), signal.SIGTERM)  # e.g. a job scheduler while the final checkpoint is written
+        assert stop.reason == "max-time"  # so the run still counts as complete and --out exports
 
 
 def _stop_agreement_worker(rank: int, store: str, results: str) -> None:

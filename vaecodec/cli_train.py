@@ -120,7 +120,7 @@ def train(ctx, data_dir, out, run_dir, lambdas, n_ch, m_ch, context, init, resum
     if stopped not in (None, "max-time") and rank == 0:  # interrupted: leave quickly, the checkpoint is written
         raise StoppedBySignal(f"training stopped by {stopped} at a saved checkpoint; continue with --resume "
                               f"--run-dir {run_dir}")
-    if out and rank == 0 and stopped in (None, "max-time"):  # one process writes the model
+    if out and rank == 0:  # one process writes the model
         _export(ckpt, out, out.stem, half=True)
 
 

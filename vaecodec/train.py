@@ -236,8 +236,9 @@ class StopRequest:
         import signal
 
         now = time.monotonic()
-        if self._first_at is None:
-            self._first_at, self.reason = now, signal.Signals(signum).name
+        if self._first_at is None:  # a run already out of time keeps that reason (and still exports)
+            self._first_at = now
+            self.reason = self.reason or signal.Signals(signum).name
             return
         if now - self._first_at < self.REPEAT_GRACE:
             return
