@@ -77,9 +77,10 @@ def test_lowest_position_reaches_lower_rates_and_travels_in_the_model_file(tmp_p
     with torch.no_grad():  # the decoder must use the same extrapolated gains as the encoder
         x = torch.from_numpy(planes.rgb.copy()).permute(2, 0, 1)[None].float() / 255
         est = (b.net.estimate(x, -2.0)["x_hat"].clamp(0, 1) * 255).round()[0].permute(1, 2, 0).numpy()
-    # the exact coding path may round a few means differently from the float estimate; a decoder using another
-    # position (e.g. 0) would scale every latent wrongly, far below this
-    assert psnr(out, est.astype(np.uint8)) > 40
+    # the exact coding path may round a few means differently from the float estimate (about 40 dB apart with
+    # the 17,169-step hp2); a decoder using another position scales every latent wrongly: 27.6 dB at -1.5,
+    # 25.3 dB at 0 for this image, far below this
+    assert psnr(out, est.astype(np.uint8)) > 35
 
 
 def test_export_writes_the_lowest_position(tmp_path, tiny_model_path):

@@ -35,9 +35,10 @@ def write_card(model_file: Path, report: dict, data: str, report_path: Path) -> 
         "λ (log-domain interpolation of the gains"
         + ("; below 0 extrapolated to lower rates than trained)" if cfg.lowest_position < 0 else ")"),
         f"- Data: {data}; Kodak was never used for training or model selection",
-        f"- Training: {training.get('steps', '?')} steps of batch {tc.get('batch_size', '?')} × "
-        f"{tc.get('crop', '?')}² crops, Adam lr {tc.get('lr', '?')}, loss bpp + λ·255²·MSE with λ drawn per "
-        f"sample; {training.get('train_seconds', 0) / 3600:.2f} h wall-clock on 2 CPU cores (torch.compile; "
+        f"- Training: {training.get('steps', '?')} steps in all (including those of the weights it was started "
+        f"from); the last run: batch {tc.get('batch_size', '?')} × {tc.get('crop', '?')}² crops, Adam lr "
+        f"{tc.get('lr', '?')}; loss bpp + λ·255²·MSE with λ drawn per sample; "
+        f"{training.get('train_seconds', 0) / 3600:.2f} h wall-clock on 2 CPU cores (torch.compile; "
         "bf16 autocast where the CPU has native bf16, else fp32)"
         + (f"; shipped weights: {training['weights']}" if training.get("weights") else ""),
         "",
