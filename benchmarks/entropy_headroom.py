@@ -35,12 +35,9 @@ ENTROPY_MODULES = ("h_a", "h_s", "ctx", "ctx_params", "density_z")
 def load(path: Path) -> GainedHyperprior:
     if path.suffix == ".pt":
         state = torch.load(path, map_location="cpu", weights_only=False)
-        cfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["model_config"].items()})
-        model = GainedHyperprior(cfg)
+        model = GainedHyperprior(ModelConfig.from_dict(state["model_config"]))
         model.load_state_dict(state["model"])
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                p.copy_(state.get("ema", state["model"])[name])
+        model.load_state_dict(state.get("ema", {}), strict=False)  # the parameters export would ship
         return model
     from vaecodec.model_io import load_model
 
