@@ -20,6 +20,7 @@ import torch
 
 from vaecodec.data import list_images, load_images, split_images
 from vaecodec.model_io import load_model
+from vaecodec.network import STRIDE
 from vaecodec.refine import lambda_at, rd_objective, refine_latents, step_size
 
 
@@ -39,7 +40,10 @@ def main():
     for p in net.parameters():
         p.requires_grad_(False)
     _, val_paths = split_images(list_images(args.train_dir), 2.0)
-    images = [x.float().div(255).unsqueeze(0) for x in load_images(val_paths[: args.images], 2)]
+    # crop to whole multiples of the model's stride, so any held-out image works without padding
+    images = [x[:, : x.shape[1] // STRIDE * STRIDE, : x.shape[2] // STRIDE * STRIDE].float().div(255)[None]
+              for x in load_images(val_paths[: args.images], 2)]
+    images = [x for x in images if x.numel()]
     positions = [float(p) for p in args.positions.split(",")]
     multipliers = [float(m) for m in args.multipliers.split(",")]
     report = {"model": str(args.model or "default"), "images": len(images), "iterations": args.iterations,
