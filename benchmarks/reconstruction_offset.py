@@ -17,10 +17,12 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from vaecodec.data import list_images, load_images, split_images
 from vaecodec.entropy_models import SCALE_BOUND
+from vaecodec.metrics import psnr
 from vaecodec.model_io import load_model
 from vaecodec.network import STRIDE
 
@@ -32,15 +34,14 @@ def centroid_shift(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     pdf = lambda t: torch.exp(-0.5 * t * t) / math.sqrt(2 * math.pi)  # noqa: E731
     mass = (normal.cdf(b) - normal.cdf(a)).clamp_min(1e-12)
     centroid = scale * (pdf(a) - pdf(b)) / mass
-    # Far in the tail both terms underflow; the centroid then tends to the bin's inner edge, and it never leaves
+    # Far in the tail mass and moment underflow; the centroid then tends to the bin's inner edge. It never leaves
     # the inner half of the bin for a density that falls away from zero.
-    inward = (centroid - q.abs()).nan_to_num(-0.5).clamp(-0.5, 0.0)
-    inward = torch.where(mass > 1e-10, inward, torch.full_like(inward, -0.5))
+    inward = torch.where(mass > 1e-10, (centroid - q.abs()).clamp(-0.5, 0.0), torch.full_like(q, -0.5))
     return torch.where(q != 0, inward * torch.sign(q), torch.zeros_like(q))
 
 
-def psnr(x_hat: torch.Tensor, x: torch.Tensor) -> float:
-    return 10 * math.log10(1.0 / ((x_hat.clamp(0, 1) - x) ** 2).mean().item())
+def to_8bit(x: torch.Tensor) -> np.ndarray:
+    return (x[0].clamp(0, 1) * 255).round().permute(1, 2, 0).numpy()
 
 
 def main():
@@ -67,16 +68,14 @@ def main():
                 x = img[None].float() / 255.0
                 h, w = x.shape[2] // STRIDE * STRIDE, x.shape[3] // STRIDE * STRIDE
                 x = x[:, :, :h, :w]
-                gain, inv_gain = net.gains_at(torch.tensor([pos]))
-                y = net.g_a(x) * gain
-                z_hat = torch.round(net.h_a(y))
-                scales, means = net.entropy_parameters(y, net.h_s(z_hat), torch.round).chunk(2, dim=1)
-                q = torch.round(y - means)
-                shift = centroid_shift(q, scales.clamp_min(SCALE_BOUND))
+                est = net.estimate(x, pos)  # the same hard-quantized pass as training's validation
+                q, means, inv_gain = est["q"], est["means"], est["inv_gain"]
+                shift = centroid_shift(q, est["scales"].clamp_min(SCALE_BOUND))
+                ref = to_8bit(x)
                 for a in alphas:
-                    sums[f"centroid x{a:g}"] += psnr(net.g_s((q + means + a * shift) * inv_gain), x)
+                    sums[f"centroid x{a:g}"] += psnr(to_8bit(net.g_s((q + means + a * shift) * inv_gain)), ref)
                 for d in deltas:
-                    sums[f"flat {d:g}"] += psnr(net.g_s((q + means - d * torch.sign(q)) * inv_gain), x)
+                    sums[f"flat {d:g}"] += psnr(to_8bit(net.g_s((q + means - d * torch.sign(q)) * inv_gain)), ref)
             report[f"{pos:g}"] = {k: v / len(images) for k, v in sums.items()}
             print(f"position {pos:g}: " + ", ".join(f"{k} {v:.3f} dB" for k, v in report[f"{pos:g}"].items()),
                   flush=True)

@@ -165,7 +165,8 @@ class GainedHyperprior(nn.Module):
 
     @torch.no_grad()
     def estimate(self, x: torch.Tensor, position: float) -> dict:
-        """Hard-quantized pass (no coder): reconstruction and the model's own bit estimate."""
+        """Hard-quantized pass (no coder): reconstruction and the model's own bit estimate, plus the quantized
+        residuals q, their means and scales and the inverse gain, from which the synthesis input is rebuilt."""
         pos = torch.full((x.shape[0],), float(position))
         gain, inv_gain = self.gains_at(pos)
         y = self.g_a(x) * gain
@@ -175,4 +176,5 @@ class GainedHyperprior(nn.Module):
         q = torch.round(y - means)
         y_lik = gaussian_likelihood(q, scales)
         x_hat = self.g_s((q + means) * inv_gain)
-        return {"x_hat": x_hat, "y_lik": y_lik, "z_lik": z_lik}
+        return {"x_hat": x_hat, "y_lik": y_lik, "z_lik": z_lik, "q": q, "means": means, "scales": scales,
+                "inv_gain": inv_gain}
