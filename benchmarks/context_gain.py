@@ -1,9 +1,9 @@
-"""What the checkerboard context model buys: real .vae files of a checkerboard model against the same model
-with its context switched off (last integer context layer zeroed, so every latent uses the hyperprior's
-parameters).
+"""What the context model buys: real .vae files of a checkerboard model against the same model with its context
+switched off (last integer layer of the context nets zeroed, so every latent uses the hyperprior's parameters),
+or with `--off groups` only its channel groups switched off (what they add over the checkerboard).
 
 Usage: python benchmarks/context_gain.py MODEL.safetensors IMAGE_DIR [--limit 8] [--qualities 5,35,65,92]
-       [--json out.json]
+       [--off context|groups] [--json out.json]
 
 Everything else (transforms, hyper-synthesis, tables) is shared, so the difference is the context alone.
 Prints bpp / PSNR per quality for both and the BD-rate of the context (negative: smaller files).
@@ -24,9 +24,12 @@ from vaecodec.codec import Codec
 from vaecodec.evaluate import load_images
 from vaecodec.metrics import bd_rate, psnr
 
+GROUP_NETS = ("group_anchor", "group_other")
 
-def context_off_twin(path: Path, out: Path) -> Path:
-    """The same file with the context model's last integer layer zeroed: every other number bit-identical."""
+
+def context_off_twin(path: Path, out: Path, off: str = "context") -> Path:
+    """The same file with the last integer layer of the context nets (off="context": all of them; "groups":
+    the channel groups' only) zeroed: every other number bit-identical."""
     from safetensors.numpy import load_file, save_file
 
     from vaecodec.model_io import _fingerprint, read_metadata
@@ -34,11 +37,17 @@ def context_off_twin(path: Path, out: Path) -> Path:
     meta = read_metadata(path)
     if "int_context_layers" not in meta:
         raise SystemExit(f"{path} has no context model")
-    last = len(json.loads(meta["int_context_layers"])["ctx_params"]) - 1
+    layers = json.loads(meta["int_context_layers"])
+    nets = [] if off == "groups" else [("ctx_params", layers["ctx_params"])]
+    nets += [(f"{kind}.{i}", net) for kind in GROUP_NETS for i, net in enumerate(layers.get(kind, []))]
+    if not nets:
+        raise SystemExit(f"{path} has no channel groups")
     arrays = load_file(str(path))
-    for part in ("weight", "bias"):
-        arrays[f"int.ctx_params.{last}.{part}"] = np.zeros_like(arrays[f"int.ctx_params.{last}.{part}"])
-    meta["name"] = meta["name"] + "-noctx"
+    for name, net in nets:
+        for part in ("weight", "bias"):
+            key = f"int.{name}.{len(net) - 1}.{part}"
+            arrays[key] = np.zeros_like(arrays[key])
+    meta["name"] = meta["name"] + ("-nogroups" if off == "groups" else "-noctx")
     meta["fingerprint"] = _fingerprint(arrays, meta)
     save_file(arrays, str(out), metadata=meta)
     return out
@@ -66,22 +75,24 @@ def main():
     ap.add_argument("images", type=Path)
     ap.add_argument("--limit", type=int, default=8)
     ap.add_argument("--qualities", default="5,35,65,92")
+    ap.add_argument("--off", choices=["context", "groups"], default="context")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(2)
     qualities = [float(x) for x in args.qualities.split(",")]
     images = load_images(args.images, args.limit)
     with tempfile.TemporaryDirectory() as tmp:
-        twin = context_off_twin(args.model, Path(tmp) / "noctx.safetensors")
-        print("context on:")
+        twin = context_off_twin(args.model, Path(tmp) / "off.safetensors", args.off)
+        print(f"{args.off} on:")
         on = measure(Codec(args.model), images, qualities)
-        print("context off:")
+        print(f"{args.off} off:")
         off = measure(Codec(twin), images, qualities)
     bd = bd_rate([r["bpp"] for r in off], [r["psnr"] for r in off], [r["bpp"] for r in on], [r["psnr"] for r in on])
-    print(f"BD-rate of the context (PSNR): {bd:+.2f}%")
+    print(f"BD-rate of the {args.off} (PSNR): {bd:+.2f}%")
     if args.json:
-        args.json.write_text(json.dumps({"model": args.model.name, "images": len(images), "context_on": on,
-                                         "context_off": off, "bd_rate_psnr_pct": bd}, indent=1) + "\n")
+        args.json.write_text(json.dumps({"model": args.model.name, "images": len(images), "off": args.off,
+                                         "context_on": on, "context_off": off, "bd_rate_psnr_pct": bd},
+                                        indent=1) + "\n")
 
 
 if __name__ == "__main__":

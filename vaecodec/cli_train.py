@@ -61,6 +61,9 @@ TRAIN_OPTIONS = ("steps", "batch_size", "crop", "lr", "warmup", "lr_drop_step", 
 @click.option("--M", "m_ch", type=click.IntRange(8), default=192, show_default=True, help="Latent channels.")
 @click.option("--context", type=click.Choice(["none", "checkerboard"]), default="checkerboard", show_default=True,
               help="Spatial context model of the latents (checkerboard: two-pass coding, smaller files).")
+@click.option("--channel-groups", "channel_groups", default="",
+              help="With the checkerboard: comma-separated latent channel groups coded one after another, each "
+                   "predicted from those before (e.g. 16,16,32,64,64; default: none).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", type=click.IntRange(1), default=2, show_default=True, help="Image decoding threads.")
 @click.option("--val-every", type=click.IntRange(1), default=1000, show_default=True)
@@ -79,11 +82,12 @@ TRAIN_OPTIONS = ("steps", "batch_size", "crop", "lr", "warmup", "lr_drop_step", 
               "at the end of the current step with a checkpoint (a second Ctrl-C kills).")
 @click.option("--force", is_flag=True, help="Let --out replace an existing model file.")
 @click.pass_context
-def train(ctx, data_dir, out, run_dir, lambdas, n_ch, m_ch, context, init, resume, max_time, force, **opts):
+def train(ctx, data_dir, out, run_dir, lambdas, n_ch, m_ch, context, channel_groups, init, resume, max_time, force,
+          **opts):
     """Train (or fine-tune) a model on a folder of images."""
     import torch
 
-    from .network import DEFAULT_LAMBDAS
+    from .network import DEFAULT_LAMBDAS, ModelConfig
     from .train import TrainConfig, checkpoint_path
     from .train import train as run_training
 
@@ -98,7 +102,8 @@ def train(ctx, data_dir, out, run_dir, lambdas, n_ch, m_ch, context, init, resum
         if not ckpt.exists():
             raise VaecodecError(f"nothing to resume in {run_dir} (no last.pt)")
         saved = torch.load(ckpt, map_location="cpu", weights_only=False)["train_config"]
-        cfg = TrainConfig(**{**saved, "lambdas": tuple(saved["lambdas"])})
+        cfg = TrainConfig(**{**saved, "lambdas": tuple(saved["lambdas"]),
+                             "channel_groups": tuple(saved.get("channel_groups", ()))})
         for key in TRAIN_OPTIONS:  # options given explicitly on this command line win
             if ctx.get_parameter_source(key) == ParameterSource.COMMANDLINE:
                 setattr(cfg, key, opts[key])
@@ -106,13 +111,21 @@ def train(ctx, data_dir, out, run_dir, lambdas, n_ch, m_ch, context, init, resum
         if ctx.get_parameter_source("context") == ParameterSource.COMMANDLINE and context != cfg.context:
             raise VaecodecError(f"--context cannot change when resuming (the run uses {cfg.context!r}); start a "
                                 "new run with --init")
+        if (ctx.get_parameter_source("channel_groups") == ParameterSource.COMMANDLINE
+                and _groups(channel_groups) != cfg.channel_groups):
+            raise VaecodecError("--channel-groups cannot change when resuming; start a new run with --init")
         cfg.data_dir, cfg.run_dir = str(data_dir), str(run_dir)
     else:
         if (run_dir / "last.pt").exists():
             raise VaecodecError(f"{run_dir} already holds a run; pass --resume or another --run-dir")
         lam = tuple(float(x) for x in lambdas.split(",")) if lambdas else DEFAULT_LAMBDAS
+        groups = _groups(channel_groups)
+        try:
+            ModelConfig(N=n_ch, M=m_ch, lambdas=lam, context=context, channel_groups=groups)
+        except ValueError as exc:
+            raise VaecodecError(str(exc)) from None
         cfg = TrainConfig(data_dir=str(data_dir), run_dir=str(run_dir), N=n_ch, M=m_ch, lambdas=lam,
-                          context=context, init=str(init) if init else None, **opts)
+                          context=context, channel_groups=groups, init=str(init) if init else None, **opts)
     if not Path(cfg.data_dir).is_dir():
         raise VaecodecError(f"{cfg.data_dir}: training folder not found")
     ckpt, stopped = run_training(cfg, resume=resume, max_seconds=max_time)
@@ -122,6 +135,13 @@ def train(ctx, data_dir, out, run_dir, lambdas, n_ch, m_ch, context, init, resum
                               f"--run-dir {run_dir}")
     if out and rank == 0:  # one process writes the model
         _export(ckpt, out, out.stem, half=True)
+
+
+def _groups(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(g) for g in text.split(",")) if text.strip() else ()
+    except ValueError:
+        raise VaecodecError(f"--channel-groups: expected comma-separated channel counts, got {text!r}") from None
 
 
 def _model_path(path: Path) -> Path:

@@ -111,11 +111,60 @@ class Codec:
                 raise CorruptFileError("file is damaged (latent out of range)") from None
             raise VaecodecError("image gives latents beyond the context model's exact range") from None
 
-    def _split(self, params: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """(means as float64 multiples of 2**-ACT_BITS, scale-table indices) from exact parameters."""
+    def _apply_group(self, params: torch.Tensor, y_res: np.ndarray, start: int, anchors: np.ndarray,
+                     anchor_pass: bool, decoding: bool) -> None:
+        """Correct the means and scales of the channel group starting at `start` (in place) from the groups
+        before it: at the anchors from their anchors, or at the rest from them whole."""
         m = self.model.config.M
+        group = [a for a, _ in self.model.channel_groups].index(start)
+        stop = self.model.channel_groups[group][1]
+        net = (self.model.group_anchor_int if anchor_pass else self.model.group_other_int)[group - 1]
+        decoded = torch.from_numpy(y_res[:start]).to(torch.float64).mul_(2**ACT_BITS).add_(params[0, m : m + start])
+        if anchor_pass:
+            decoded.mul_(torch.from_numpy(anchors))
+        try:
+            net.apply(params, decoded[None], start, stop, torch.from_numpy(anchors if anchor_pass else ~anchors))
+        except OverflowError:
+            if decoding:
+                raise CorruptFileError("file is damaged (latent out of range)") from None
+            raise VaecodecError("image gives latents beyond the context model's exact range") from None
+
+    def _split(self, params: torch.Tensor, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(means as float64 multiples of 2**-ACT_BITS, scale-table indices) of channels start:stop from exact
+        parameters."""
+        m = self.model.config.M
+        stop = m if stop is None else stop
         p = params[0].numpy()
-        return p[m:] / float(2**ACT_BITS), self._scale_index(p[:m])
+        return p[m + start : m + stop] / float(2**ACT_BITS), self._scale_index(p[start:stop])
+
+    def _passes(self, anchors: np.ndarray | None) -> list[tuple[int, int, np.ndarray | None]]:
+        """Coding passes over the latents in decoding order, as (first channel, end channel, positions or None
+        for all): one pass; or the checkerboard's anchors then the rest; or with channel groups every anchor
+        group then every non-anchor group. `anchors` comes from _anchors (the same object marks anchor passes)."""
+        if anchors is None:
+            return [(0, self.model.config.M, None)]
+        groups = self.model.channel_groups or [(0, self.model.config.M)]
+        return [(a, b, anchors) for a, b in groups] + [(a, b, ~anchors) for a, b in groups]
+
+    def _code_latents(self, params: torch.Tensor, shape: tuple[int, int], code, decoding: bool):
+        """Walk the coding passes in decoding order, refining `params` in place before each pass that depends
+        on earlier ones, and call code(start, stop, part, means, scale_index, y_res) to fill y_res there (the
+        encoder computes residuals, the decoder reads them). Returns (y_res, means, scale_index)."""
+        m = self.model.config.M
+        h, w = shape
+        y_res = np.zeros((m, h, w), dtype=np.int32)
+        means = np.empty((m, h, w), dtype=np.float64)
+        idx = np.empty((m, h, w), dtype=np.uint8)
+        anchors = self._anchors(shape)
+        for start, stop, part in self._passes(anchors):
+            anchor_pass = part is anchors
+            if anchors is not None and not anchor_pass and start == 0:
+                self._apply_context(params, y_res, anchors, decoding)  # all anchors are decoded: refine the rest
+            if start > 0:
+                self._apply_group(params, y_res, start, anchors, anchor_pass, decoding)
+            means[start:stop], idx[start:stop] = self._split(params, start, stop)
+            code(start, stop, part, means, idx, y_res)
+        return y_res, means, idx
 
     def _padded(self, rgb: np.ndarray) -> np.ndarray:
         h, w = rgb.shape[:2]
@@ -147,21 +196,17 @@ class Codec:
         z_sym = torch.round(z).clamp_(-Z_LIMIT, Z_LIMIT)[0].cpu().to(torch.int64).numpy()
         params = self._hyper_params(z_sym, y.shape[2:])
         y_np = y[0].cpu().numpy()
-        y_res = self._residuals(y_np, params[0, self.model.config.M:].numpy() / float(2**ACT_BITS))
-        anchors = self._anchors(y.shape[2:])
-        if anchors is not None:  # the anchors' residuals above are final; the rest move with the context
-            self._apply_context(params, y_res, anchors, decoding=False)
-        means, idx = self._split(params)
-        if anchors is not None:
-            y_res = self._residuals(y_np, means)
-        return Symbols(z_sym, y_res, means, idx)
 
-    @staticmethod
-    def _residuals(y: np.ndarray, means: np.ndarray) -> np.ndarray:
-        y_res = np.empty(means.shape, dtype=np.int32)
-        for c, (yc, mc) in enumerate(zip(y, means, strict=True)):  # small float64 temporaries
-            y_res[c] = np.clip(np.round(yc.astype(np.float64) - mc), -Y_LIMIT, Y_LIMIT)
-        return y_res
+        def residuals(start, stop, part, means, idx, y_res):
+            for c in range(start, stop):  # small float64 temporaries
+                r = np.clip(np.round(y_np[c].astype(np.float64) - means[c]), -Y_LIMIT, Y_LIMIT).astype(np.int32)
+                if part is None:
+                    y_res[c] = r
+                else:
+                    y_res[c][part] = r[part]
+
+        y_res, means, idx = self._code_latents(params, y.shape[2:], residuals, decoding=False)
+        return Symbols(z_sym, y_res, means, idx)
 
     def analyse(self, rgb: np.ndarray, quality: float, effort: int = DEFAULT_EFFORT) -> Symbols:
         """Pixels (H, W, 3) uint8 -> integer symbols at the given quality."""
@@ -178,19 +223,15 @@ class Codec:
         y_hat = torch.from_numpy(symbols.y + symbols.means).float().to(self.device)[None] * inv_gain
         return synthesize_tiled(self.net.g_s, y_hat, self.tile, size)
 
-    def _passes(self, shape: tuple[int, int]) -> list[np.ndarray | None]:
-        """Coding passes over the latents: one, or the checkerboard's anchors then the rest."""
-        anchors = self._anchors(shape)
-        return [None] if anchors is None else [anchors, ~anchors]
-
     def write_stream(self, symbols: Symbols) -> bytes:
         writer = SymbolWriter()
         for c, table in enumerate(self.model.z_tables):
             writer.write(symbols.z[c], table)
-        for part in self._passes(symbols.y.shape[1:]):
+        for start, stop, part in self._passes(self._anchors(symbols.y.shape[1:])):
+            y, idx = symbols.y[start:stop], symbols.scale_index[start:stop]
             for k, table in enumerate(self.model.y_tables):
-                sel = symbols.scale_index == k
-                writer.write(symbols.y[sel if part is None else sel & part], table)
+                sel = idx == k
+                writer.write(y[sel if part is None else sel & part], table)
         return writer.getvalue()
 
     def read_stream(self, payload: bytes, size: tuple[int, int]) -> Symbols:
@@ -204,18 +245,16 @@ class Codec:
         if np.abs(z).max(initial=0) > Z_LIMIT:
             raise CorruptFileError("file is damaged (hyper-latent out of range)")
         shape = (ph // 16, pw // 16)
-        params = self._hyper_params(z, shape)
-        means, idx = self._split(params)
-        y = np.zeros(idx.shape, dtype=np.int32)
-        for n, part in enumerate(self._passes(shape)):
-            if n:  # second checkerboard pass: the decoded anchors refine the rest's parameters
-                self._apply_context(params, y, ~part)
-                means, idx = self._split(params)
+
+        def read(start, stop, part, means, idx, y_res):
+            y, ix = y_res[start:stop], idx[start:stop]
             for k, table in enumerate(self.model.y_tables):
-                mask = idx == k if part is None else (idx == k) & part
+                mask = ix == k if part is None else (ix == k) & part
                 y[mask] = np.clip(reader.read(int(mask.sum()), table), -Y_LIMIT - 1, Y_LIMIT + 1)
             if np.abs(y).max(initial=0) > Y_LIMIT:
                 raise CorruptFileError("file is damaged (latent out of range)")
+
+        y, means, idx = self._code_latents(self._hyper_params(z, shape), shape, read, decoding=True)
         return Symbols(z, y, means, idx)
 
     # --- public ---------------------------------------------------------------------------------------

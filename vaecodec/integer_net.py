@@ -187,3 +187,43 @@ class IntegerContext:
                     for layer in self.params:
                         x = layer(x)
                     target += x
+
+
+GROUP_TILE = 48  # y positions per tile side for a channel group's net
+
+
+class IntegerGroupNet:
+    """One channel group's correction net in exact integers (mirrors network.group_net): the group's current
+    scales and means and the earlier groups' decoded values (all with ACT_BITS fraction bits) in, corrections
+    of the group's scales and means out."""
+
+    def __init__(self, layers: list[dict]):
+        self.layers = [IntegerLayer(**spec) for spec in layers]
+        self.halo = self.layers[0].weight.shape[-1] // 2
+
+    @torch.no_grad()
+    def apply(self, params_int: torch.Tensor, decoded_int: torch.Tensor, start: int, stop: int,
+              where: torch.Tensor, tile: int = GROUP_TILE) -> None:
+        """Add the corrections into params_int (1, 2M, h, w) in place, for channels start:stop and only at the
+        positions `where` (h, w bool); decoded_int (1, start, h, w) holds the earlier groups' values (zero where
+        not decoded yet). Every tile reads the parameters as they were before the call, whatever the tile."""
+        m = params_int.shape[1] // 2
+        h, w = params_int.shape[2:]
+        inputs = (params_int[:, start:stop], params_int[:, m + start : m + stop], decoded_int)
+        delta = torch.zeros((1, 2 * (stop - start), h, w), dtype=torch.float64)
+        halo = self.halo
+        for r0 in range(0, h, tile):
+            r1 = min(h, r0 + tile)
+            for c0 in range(0, w, tile):
+                c1 = min(w, c0 + tile)
+                a0, a1, b0, b1 = max(0, r0 - halo), min(h, r1 + halo), max(0, c0 - halo), min(w, c1 + halo)
+                x = F.pad(torch.cat([t[:, :, a0:a1, b0:b1] for t in inputs], dim=1),
+                          (b0 - (c0 - halo), (c1 + halo) - b1, a0 - (r0 - halo), (r1 + halo) - a1))
+                x = self.layers[0](x, padding=0)
+                for layer in self.layers[1:]:
+                    x = layer(x)
+                delta[:, :, r0:r1, c0:c1] = x
+        delta.mul_(where.to(torch.float64))
+        c = stop - start
+        params_int[:, start:stop] += delta[:, :c]
+        params_int[:, m + start : m + stop] += delta[:, c:]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from .integer_net import (
     ACT_BITS,
     SIGNATURE_KEYS,
     IntegerContext,
+    IntegerGroupNet,
     IntegerNet,
     layer_signature,
     quantize_layer,
@@ -32,8 +33,10 @@ from .range_coding import Table
 
 FILE_FORMAT = "vaecodec-model-1"
 DEFAULT_MODEL_NAME = "hp2"
+GROUP_NETS = ("group_anchor", "group_other")  # per channel group after the first, in the int_context_layers
 FLOAT_PREFIX = "float."
-INTEGER_MODULES = ("h_s.", "ctx.", "ctx_params.")  # networks stored only in their exact integer form
+# networks stored only in their exact integer form
+INTEGER_MODULES = ("h_s.", "ctx.", "ctx_params.", "group_anchor.", "group_other.")
 
 
 def default_model_path() -> Path:
@@ -76,6 +79,9 @@ def export_model(model: GainedHyperprior, path: str | Path, name: str, half: boo
     if model.config.context != "none":
         context_meta = {"ctx": _store_integer(arrays, "ctx", [quantize_layer(model.ctx, relu=False)]),
                         "ctx_params": _store_integer(arrays, "ctx_params", quantize_sequential(model.ctx_params))}
+        for kind in GROUP_NETS if model.config.channel_groups else ():
+            context_meta[kind] = [_store_integer(arrays, f"{kind}.{i}", quantize_sequential(net))
+                                  for i, net in enumerate(getattr(model, kind))]
     scales = scale_table()
     y_freq, y_radius = gaussian_tables(scales)
     arrays["tables.y.freq"] = y_freq
@@ -146,6 +152,9 @@ def _float_state(arrays: dict[str, np.ndarray], layer_meta: list[dict],
     if context_meta:
         _dequantize(state, arrays, "ctx", context_meta["ctx"], sequential=False)
         _dequantize(state, arrays, "ctx_params", context_meta["ctx_params"], sequential=True)
+        for kind in GROUP_NETS:
+            for i, layers in enumerate(context_meta.get(kind, [])):
+                _dequantize(state, arrays, f"{kind}.{i}", layers, sequential=True)
     return state
 
 
@@ -180,6 +189,9 @@ class LoadedModel:
     path: Path
     meta: dict
     context_int: IntegerContext | None = None  # the exact checkerboard context model, if the model has one
+    channel_groups: list[tuple[int, int]] = field(default_factory=list)  # (start, stop) channels, if grouped
+    group_anchor_int: list[IntegerGroupNet] = field(default_factory=list)  # group k's anchor net at k - 1
+    group_other_int: list[IntegerGroupNet] = field(default_factory=list)  # and its net for the rest
 
     @property
     def fingerprint_bytes(self) -> bytes:
@@ -210,6 +222,12 @@ def load_model(path: str | Path | None = None) -> LoadedModel:
         if context_meta:
             expected += [(context_meta["ctx"], [(network.ctx, False)]),
                          (context_meta["ctx_params"], sequential_layers(network.ctx_params))]
+            for kind in GROUP_NETS:
+                nets = list(getattr(network, kind, []))
+                stored = context_meta.get(kind, [])
+                if len(stored) != len(nets):
+                    raise ValueError("channel group layers do not match the config")
+                expected += [(layers, sequential_layers(net)) for layers, net in zip(stored, nets, strict=True)]
         for stored, layers in expected:  # weight shapes are checked by load_state_dict below
             if [{k: lm.get(k) for k in SIGNATURE_KEYS} for lm in stored] != [layer_signature(*x) for x in layers]:
                 raise ValueError("integer layers do not match the architecture")
@@ -220,6 +238,10 @@ def load_model(path: str | Path | None = None) -> LoadedModel:
         if context_meta:
             (ctx_spec,) = _integer_specs(arrays, "ctx", context_meta["ctx"])
             context_int = IntegerContext(ctx_spec, _integer_specs(arrays, "ctx_params", context_meta["ctx_params"]))
+        groups = {kind: [IntegerGroupNet(_integer_specs(arrays, f"{kind}.{i}", layers))
+                         for i, layers in enumerate((context_meta or {}).get(kind, []))] for kind in GROUP_NETS}
+        starts = network.group_starts
+        channel_groups = [(a, a + c) for a, c in zip(starts, config.channel_groups, strict=True)]
         y_freq, y_radius = arrays["tables.y.freq"], arrays["tables.y.radius"]
         y_tables = [Table(y_freq[k], -int(r), int(r)) for k, r in enumerate(y_radius)]
         z_freq, z_lo, z_hi = arrays["tables.z.freq"], arrays["tables.z.lo"], arrays["tables.z.hi"]
@@ -232,4 +254,5 @@ def load_model(path: str | Path | None = None) -> LoadedModel:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelFileError(f"model file does not match vaecodec's architecture: {path} ({msg})") from None
     return LoadedModel(meta["name"], meta["fingerprint"], config, network, h_s_int, y_tables,
-                       arrays["tables.y.threshold"], z_tables, path, meta, context_int)
+                       arrays["tables.y.threshold"], z_tables, path, meta, context_int, channel_groups,
+                       groups["group_anchor"], groups["group_other"])

@@ -8,6 +8,11 @@ undoes it after, one learned pair per trained trade-off lambda, interpolated in 
 With context="checkerboard" the latents are coded in two passes: the anchors ((row + col) even) with the
 hyperprior's means and scales, then the rest with those refined from the decoded anchors around them. That
 costs one extra parallel step, not a serial scan.
+
+With channel_groups (e.g. 16,16,32,64,64, as in He et al. 2022's uneven groups) each pass is further split
+into channel groups decoded one after another: every anchor group, then every non-anchor group, each group's
+means and scales corrected by a small net from the groups decoded before it. The anchor-first order keeps the
+checkerboard context valid (it sees all anchors), so a checkerboard model can start a grouped one.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ DEFAULT_LAMBDAS = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.18)
 DEFAULT_LOWEST_POSITION = -2.0  # quality 1 sits two lambda steps below the lowest trained one
 CONTEXTS = ("none", "checkerboard")
 CONTEXT_KERNEL = 5  # the checkerboard context sees decoded anchors up to 2 latents away
+GROUP_KERNEL = 3  # a channel group's net sees the groups before it up to 1 latent away
+GROUP_HIDDEN = 128  # width of a channel group's net
 
 
 @dataclass(frozen=True)
@@ -38,16 +45,24 @@ class ModelConfig:
     # gains are extrapolated log-linearly, which reaches lower rates than were trained at a graceful loss.
     lowest_position: float = DEFAULT_LOWEST_POSITION
     context: str = "none"  # "checkerboard": two-pass coding with a spatial context model (see module doc)
+    channel_groups: tuple[int, ...] = ()  # with the checkerboard: latent channel groups coded in turn (sum M)
 
     def __post_init__(self):
         if self.context not in CONTEXTS:
             raise ValueError(f"unknown context model {self.context!r} (known: {', '.join(CONTEXTS)})")
+        if self.channel_groups:
+            if self.context != "checkerboard":
+                raise ValueError("channel groups need the checkerboard context model")
+            if min(self.channel_groups) < 1 or sum(self.channel_groups) != self.M or len(self.channel_groups) < 2:
+                raise ValueError(f"channel groups {list(self.channel_groups)} must be 2 or more positive sizes "
+                                 f"adding up to M={self.M}")
         if not -len(self.lambdas) * 4.0 <= self.lowest_position < max(len(self.lambdas) - 1, 1):
             raise ValueError(f"lowest_position {self.lowest_position} must lie below the last lambda's position")
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["lambdas"] = list(self.lambdas)
+        d["channel_groups"] = list(self.channel_groups)
         return d
 
     @classmethod
@@ -56,6 +71,7 @@ class ModelConfig:
         d["lambdas"] = tuple(float(x) for x in d["lambdas"])
         d["lowest_position"] = float(d.get("lowest_position", 0.0))  # files from before the field: first lambda
         d["context"] = str(d.get("context", "none"))
+        d["channel_groups"] = tuple(int(g) for g in d.get("channel_groups", ()))
         return cls(**d)
 
 
@@ -72,6 +88,17 @@ def anchor_mask(h: int, w: int, device=None) -> torch.Tensor:
     r = torch.arange(h, device=device)[:, None]
     c = torch.arange(w, device=device)[None, :]
     return ((r + c) % 2 == 0).float()[None, None]
+
+
+def group_net(cin: int, channels: int) -> nn.Sequential:
+    """A channel group's correction net: 3x3 conv, two 1x1 (ReLU between), output (scales, means) deltas.
+    Only Conv/ReLU (re-evaluated exactly in integers); the last layer starts at zero, so a model without
+    groups can start a grouped one unchanged."""
+    net = nn.Sequential(conv(cin, GROUP_HIDDEN, GROUP_KERNEL, 1), nn.ReLU(), conv(GROUP_HIDDEN, GROUP_HIDDEN, 1, 1),
+                        nn.ReLU(), conv(GROUP_HIDDEN, 2 * channels, 1, 1))
+    nn.init.zeros_(net[-1].weight)
+    nn.init.zeros_(net[-1].bias)
+    return net
 
 
 def quality_position(quality: float, levels: int, lowest: float = 0.0) -> float:
@@ -108,12 +135,23 @@ class GainedHyperprior(nn.Module):
             )
             nn.init.zeros_(self.ctx_params[-1].weight)
             nn.init.zeros_(self.ctx_params[-1].bias)
+        if config.channel_groups:
+            # Group k > 0 sees its own current means and scales and the groups before it; one net for its
+            # anchors (seeing earlier groups' anchors) and one for the rest (seeing earlier groups whole).
+            sizes = list(zip(config.channel_groups[1:], self.group_starts[1:], strict=True))
+            self.group_anchor = nn.ModuleList(group_net(2 * c + s, c) for c, s in sizes)
+            self.group_other = nn.ModuleList(group_net(2 * c + s, c) for c, s in sizes)
         self.density_z = FactorizedDensity(N)
         lam = torch.tensor(config.lambdas, dtype=torch.float64)
         init = 0.5 * torch.log(lam / lam.sqrt().prod() ** (2.0 / L)).float()  # gain ~ sqrt(lambda)
         self.log_gain = nn.Parameter(init[:, None].repeat(1, M))
         self.log_inv_gain = nn.Parameter(-init[:, None].repeat(1, M))
         self.register_buffer("lambdas", lam.float(), persistent=False)
+
+    @property
+    def group_starts(self) -> list[int]:
+        g = self.config.channel_groups
+        return [sum(g[:k]) for k in range(len(g))]
 
     # --- gains ------------------------------------------------------------------------------------------
     def gains_at(self, position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,11 +177,45 @@ class GainedHyperprior(nn.Module):
         anchors' reconstruction the decoder will see."""
         if self.config.context == "none":
             return params
+        if self.config.channel_groups:
+            return self._grouped_parameters(y, params, rounding)
         scales, means = params.chunk(2, dim=1)
         anchors = anchor_mask(y.shape[2], y.shape[3], y.device)
         y_anchor = (rounding(y - means) + means) * anchors
         delta = self.ctx_params(torch.cat([params, self.ctx(y_anchor)], dim=1))
         return params + delta * (1.0 - anchors)
+
+    def _grouped_parameters(self, y: torch.Tensor, params: torch.Tensor, rounding) -> torch.Tensor:
+        """entropy_parameters with channel groups, in the decoder's order: the anchors group by group (each
+        corrected from the earlier groups' anchors), the checkerboard context from all anchors, then the
+        non-anchors group by group (each corrected from the earlier groups, now whole)."""
+        groups = list(self.config.channel_groups)
+        anchors = anchor_mask(y.shape[2], y.shape[3], y.device)
+        others = 1.0 - anchors
+        ys = y.split(groups, dim=1)
+
+        def split(p):
+            sc, mu = p.chunk(2, dim=1)
+            return list(sc.split(groups, dim=1)), list(mu.split(groups, dim=1))
+
+        sc, mu = split(params)
+        decoded: list[torch.Tensor] = []  # anchors only
+        for k in range(len(groups)):
+            if k:
+                d_sc, d_mu = self.group_anchor[k - 1](torch.cat([sc[k], mu[k], *decoded], dim=1)).chunk(2, dim=1)
+                sc[k], mu[k] = sc[k] + d_sc * anchors, mu[k] + d_mu * anchors
+            decoded.append((rounding(ys[k] - mu[k]) + mu[k]) * anchors)
+        delta = self.ctx_params(torch.cat([params, self.ctx(torch.cat(decoded, dim=1))], dim=1))
+        d_sc, d_mu = split(delta * others)
+        sc = [a + b for a, b in zip(sc, d_sc, strict=True)]
+        mu = [a + b for a, b in zip(mu, d_mu, strict=True)]
+        for k in range(len(groups)):
+            if k:
+                d_sc, d_mu = self.group_other[k - 1](torch.cat([sc[k], mu[k], *decoded[:k]], dim=1)).chunk(2, dim=1)
+                sc[k], mu[k] = sc[k] + d_sc * others, mu[k] + d_mu * others
+            if k + 1 < len(groups):
+                decoded[k] = decoded[k] + (rounding(ys[k] - mu[k]) + mu[k]) * others
+        return torch.cat(sc + mu, dim=1)
 
     # --- training forward -------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, level: torch.Tensor, autocast: bool = False) -> dict:

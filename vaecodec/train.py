@@ -48,6 +48,7 @@ class TrainConfig:
     M: int = 192
     lambdas: tuple[float, ...] = field(default=DEFAULT_LAMBDAS)
     context: str = "none"  # see ModelConfig.context
+    channel_groups: tuple[int, ...] = ()  # see ModelConfig.channel_groups
     init: str | None = None  # weights to start from (checkpoint or shipped model)
     prior_steps: int = 0  # training the --init weights had already had (counted in exported cards)
     prior_seconds: float = 0.0
@@ -160,9 +161,10 @@ def training_history(state: dict) -> tuple[int, float]:
 def load_init_weights(model: GainedHyperprior, path: str) -> tuple[int, float]:
     """Start from a checkpoint (.pt) or a shipped model (.safetensors).
 
-    Weights of a context-free model may start a checkerboard model: its context layers keep their fresh
-    initialisation (which leaves the predictions unchanged until they learn). Returns the steps and seconds
-    of training those weights already had, so that a continued run's card counts the whole history.
+    Weights of a context-free model may start a checkerboard model, and those of a checkerboard model one with
+    channel groups: the new context layers keep their fresh initialisation (which leaves the predictions
+    unchanged until they learn). Returns the steps and seconds of training those weights already had, so that a
+    continued run's card counts the whole history.
     """
     if path.endswith(".safetensors"):
         from .model_io import load_float_state, read_metadata
@@ -174,7 +176,7 @@ def load_init_weights(model: GainedHyperprior, path: str) -> tuple[int, float]:
         state = torch.load(path, map_location="cpu", weights_only=True)
         weights, history = state["model"], training_history(state)
     missing, unexpected = model.load_state_dict(weights, strict=False)
-    fresh = [k for k in missing if not k.startswith(("ctx.", "ctx_params."))]
+    fresh = [k for k in missing if not k.startswith(("ctx.", "ctx_params.", "group_anchor.", "group_other."))]
     if fresh or unexpected:
         raise ValueError(f"{path} does not fit this architecture (missing {fresh[:3]}, unexpected {unexpected[:3]})")
     return history
@@ -286,7 +288,8 @@ def train(cfg: TrainConfig, resume: bool = False, max_seconds: float | None = No
     if state:
         model_cfg = ModelConfig.from_dict(state["model_config"])
     else:
-        model_cfg = ModelConfig(N=cfg.N, M=cfg.M, lambdas=tuple(cfg.lambdas), context=cfg.context)
+        model_cfg = ModelConfig(N=cfg.N, M=cfg.M, lambdas=tuple(cfg.lambdas), context=cfg.context,
+                                channel_groups=tuple(cfg.channel_groups))
     model = GainedHyperprior(model_cfg).to(device)
     if state is None and cfg.init:
         cfg.prior_steps, cfg.prior_seconds = load_init_weights(model, cfg.init)
