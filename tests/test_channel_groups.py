@@ -105,22 +105,28 @@ def test_integer_path_matches_the_float_model(grouped):
     assert float(np.abs(sym.means - ref[0, 24:].numpy()).max()) < 0.01
 
 
-def test_tiled_group_net_equals_one_pass(grouped):
+@pytest.mark.parametrize("anchors", [True, False])
+def test_group_net_on_its_positions_equals_a_full_pass_masked(grouped, anchors):
+    """The strided, tiled evaluation gives exactly what the full-resolution layers give where it applies,
+    and leaves every other position and channel alone."""
     net = grouped.model.group_other_int[1]
     g = torch.Generator().manual_seed(3)
-    h, w = 11, 9
-    params = torch.randint(-600, 600, (1, 48, h, w), generator=g).double()
-    decoded = torch.randint(-2000, 2000, (1, 12, h, w), generator=g).double()
-    where = ~anchor_mask(h, w)[0, 0].bool()
-    whole = params.clone()
-    net.apply(whole, decoded, 12, 24, where, tile=100)
-    assert not torch.equal(whole, params)
-    assert torch.equal(whole[:, :12], params[:, :12]) and torch.equal(whole[:, 24:36], params[:, 24:36])
-    assert torch.equal((whole - params)[:, 12:24] * (~where), torch.zeros(1, 12, h, w, dtype=torch.float64))
-    for tile in (1, 2, 4):
-        p = params.clone()
-        net.apply(p, decoded, 12, 24, where, tile=tile)
-        assert torch.equal(p, whole)
+    for h, w in ((1, 1), (1, 6), (7, 1), (11, 9), (10, 13)):
+        params = torch.randint(-600, 600, (1, 48, h, w), generator=g).double()
+        decoded = torch.randint(-2000, 2000, (1, 12, h, w), generator=g).double()
+        where = anchor_mask(h, w)[0, 0].bool()
+        where = where if anchors else ~where
+        x = torch.cat([params[:, 12:24], params[:, 36:48], decoded], dim=1)
+        for layer in net.layers:
+            x = layer(x)
+        want = params.clone()
+        want[:, 12:24] += x[:, :12] * where
+        want[:, 36:48] += x[:, 12:] * where
+        assert not torch.equal(want, params) or not where.any()
+        for tile in (1, 2, 3, 100):
+            got = params.clone()
+            net.apply(got, decoded, 12, 24, anchors, tile=tile)
+            assert torch.equal(got, want), (h, w, tile)
 
 
 def test_checkerboard_weights_start_a_grouped_model_unchanged(tmp_path):

@@ -123,7 +123,7 @@ class Codec:
         if anchor_pass:
             decoded.mul_(torch.from_numpy(anchors))
         try:
-            net.apply(params, decoded[None], start, stop, torch.from_numpy(anchors if anchor_pass else ~anchors))
+            net.apply(params, decoded[None], start, stop, anchor_pass)
         except OverflowError:
             if decoding:
                 raise CorruptFileError("file is damaged (latent out of range)") from None

@@ -202,13 +202,18 @@ class IntegerGroupNet:
         self.halo = self.layers[0].weight.shape[-1] // 2
 
     @torch.no_grad()
-    def apply(self, params_int: torch.Tensor, decoded_int: torch.Tensor, start: int, stop: int,
-              where: torch.Tensor, tile: int = GROUP_TILE) -> None:
-        """Add the corrections into params_int (1, 2M, h, w) in place, for channels start:stop and only at the
-        positions `where` (h, w bool); decoded_int (1, start, h, w) holds the earlier groups' values (zero where
-        not decoded yet). Every tile reads the parameters as they were before the call, whatever the tile."""
+    def apply(self, params_int: torch.Tensor, decoded_int: torch.Tensor, start: int, stop: int, anchors: bool,
+              tile: int = GROUP_TILE) -> None:
+        """Add the corrections into params_int (1, 2M, h, w) in place, for channels start:stop, at the anchors
+        ((row + col) even) or at the rest; decoded_int (1, start, h, w) holds the earlier groups' values (zero
+        where not decoded yet).
+
+        As in IntegerContext, only the positions that change are computed: per tile, the first conv runs at
+        stride 2 over the two sub-grids of those positions. Every tile reads the parameters as they were
+        before the call (the corrections are collected first), so the result equals one whole pass."""
         m = params_int.shape[1] // 2
         h, w = params_int.shape[2:]
+        parity = 0 if anchors else 1
         inputs = (params_int[:, start:stop], params_int[:, m + start : m + stop], decoded_int)
         delta = torch.zeros((1, 2 * (stop - start), h, w), dtype=torch.float64)
         halo = self.halo
@@ -217,13 +222,16 @@ class IntegerGroupNet:
             for c0 in range(0, w, tile):
                 c1 = min(w, c0 + tile)
                 a0, a1, b0, b1 = max(0, r0 - halo), min(h, r1 + halo), max(0, c0 - halo), min(w, c1 + halo)
-                x = F.pad(torch.cat([t[:, :, a0:a1, b0:b1] for t in inputs], dim=1),
-                          (b0 - (c0 - halo), (c1 + halo) - b1, a0 - (r0 - halo), (r1 + halo) - a1))
-                x = self.layers[0](x, padding=0)
-                for layer in self.layers[1:]:
-                    x = layer(x)
-                delta[:, :, r0:r1, c0:c1] = x
-        delta.mul_(where.to(torch.float64))
+                window = F.pad(torch.cat([t[:, :, a0:a1, b0:b1] for t in inputs], dim=1),
+                               (b0 - (c0 - halo), (c1 + halo) - b1, a0 - (r0 - halo), (r1 + halo) - a1))
+                for dr in (0, 1):
+                    dc = (r0 + c0 + dr + parity) % 2  # the first changing column in row r0 + dr
+                    if r0 + dr >= r1 or c0 + dc >= c1:
+                        continue
+                    x = self.layers[0](window[:, :, dr:, dc:], stride=2, padding=0)
+                    for layer in self.layers[1:]:
+                        x = layer(x)
+                    delta[:, :, r0 + dr : r1 : 2, c0 + dc : c1 : 2] = x
         c = stop - start
         params_int[:, start:stop] += delta[:, :c]
         params_int[:, m + start : m + stop] += delta[:, c:]

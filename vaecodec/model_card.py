@@ -25,6 +25,8 @@ def write_card(model_file: Path, report: dict, data: str, report_path: Path) -> 
         f"fingerprint `{model.fingerprint[:16]}`",
         f"- Architecture: {cfg.arch} (Minnen et al. 2018 mean-scale hyperprior, Cui et al. 2021 gain units"
         + (", He et al. 2021 checkerboard context model" if cfg.context == "checkerboard" else "")
+        + (f" with channel groups {'/'.join(map(str, cfg.channel_groups))} (He et al. 2022)"
+           if cfg.channel_groups else "")
         + f"), N={cfg.N}, M={cfg.M}, {training.get('parameters', 0) / 1e6:.2f} M parameters; "
         f"{len(cfg.lambdas)} trade-offs λ = {', '.join(f'{x:g}' for x in cfg.lambdas)}",
         "- Weights: analysis/synthesis transforms in float16; hyper-synthesis"
