@@ -41,9 +41,11 @@ def ideal_bits(codec: Codec, rgb: np.ndarray, quality: float) -> tuple[float, fl
     bits_f = float(-torch.log2(gaussian_likelihood(torch.round(y - means_f), scales_f)).sum())
     sym = codec._symbols(y)  # the exact path: integer hyper-synthesis (and context model), continuous scales
     params = codec._hyper_params(sym.z, y.shape[2:])
-    anchors = codec._anchors(y.shape[2:])
-    if anchors is not None:
-        codec._apply_context(params, sym.y, anchors, decoding=False)
+
+    def decoded(start, stop, part, means, idx, y_res):  # replay the coded residuals pass by pass
+        y_res[start:stop] = sym.y[start:stop] if part is None else np.where(part, sym.y[start:stop], y_res[start:stop])
+
+    codec._code_latents(params, y.shape[2:], decoded, decoding=False)  # leaves the final parameters in params
     p = params / 2**ACT_BITS
     m = codec.model.config.M
     scales_i, means_i = p[:, :m].float(), p[:, m:].float()

@@ -19,13 +19,14 @@ GROUPS = (4, 8, 12)
 TINY = dict(N=16, M=24, lambdas=(0.002, 0.02, 0.2), context="checkerboard")
 
 
-def grouped_net(seed: int = 11) -> GainedHyperprior:
-    """A tiny grouped model whose context and group nets all change the predictions (last layers not 0)."""
+def grouped_net(seed: int = 11, std: float = 0.3) -> GainedHyperprior:
+    """A tiny grouped model whose context and group nets all change the predictions a lot (last layers far
+    from 0), so that feeding any net the wrong inputs shows."""
     torch.manual_seed(seed)
     net = GainedHyperprior(ModelConfig(**TINY, channel_groups=GROUPS))
     for last in [net.ctx_params[-1], *(n[-1] for n in net.group_anchor), *(n[-1] for n in net.group_other)]:
         for p in last.parameters():
-            torch.nn.init.normal_(p, std=0.05)
+            torch.nn.init.normal_(p, std=std)
     return net.eval()
 
 
@@ -87,6 +88,75 @@ def test_round_trip_decodes_the_same_symbols_and_parameters(grouped, size):
     assert grouped.decode(data).size == (w, h)
 
 
+def exact_reference(codec: Codec, hyper: torch.Tensor, y_res: np.ndarray) -> torch.Tensor:
+    """The final exact parameters computed independently of the codec's pass driver: every integer net at
+    full resolution, chained in the float model's order, results masked to where they apply."""
+    model, m = codec.model, codec.model.config.M
+    a = anchor_mask(*y_res.shape[1:]).double()
+    p = hyper.clone()
+    y = torch.from_numpy(y_res).double()[None] * 2**ACT_BITS
+
+    def run(layers, x):
+        for layer in layers:
+            x = layer(x)
+        return x
+
+    def correct(net, s, e, mask, decoded):
+        d = run(net.layers, torch.cat([p[:, s:e], p[:, m + s : m + e], decoded], dim=1))
+        p[:, s:e] += d[:, : e - s] * mask
+        p[:, m + s : m + e] += d[:, e - s :] * mask
+
+    for k, (s, e) in enumerate(model.channel_groups):
+        if k:
+            correct(model.group_anchor_int[k - 1], s, e, a, (y[:, :s] + p[:, m : m + s]) * a)
+    ctx = model.context_int
+    p += run(ctx.params, torch.cat([p, ctx.ctx((y + p[:, m:]) * a)], dim=1)) * (1 - a)
+    for k, (s, e) in enumerate(model.channel_groups):
+        if k:
+            correct(model.group_other_int[k - 1], s, e, 1 - a, y[:, :s] + p[:, m : m + s])
+    return p
+
+
+@pytest.mark.parametrize("size", [(128, 128), (200, 72)])
+def test_coded_parameters_equal_an_independent_exact_evaluation(grouped, size):
+    rgb = natural_image(*size)
+    sym = grouped.analyse(rgb, 55)
+    hyper = grouped._hyper_params(sym.z, sym.y.shape[1:])
+    want = exact_reference(grouped, hyper, sym.y)
+    m = grouped.model.config.M
+    assert np.array_equal(sym.means, want[0, m:].numpy() / 2**ACT_BITS)
+    assert np.array_equal(sym.scale_index, grouped._scale_index(want[0, :m].numpy()))
+    assert float((want - hyper).abs().max()) > 2**ACT_BITS  # the nets move the parameters a lot
+
+
+def test_the_pass_driver_uses_only_passes_already_coded(grouped):
+    """Residuals changed in one pass leave the means and scale indices of that pass and all before it
+    bit-identical, and change a later one's."""
+    rgb = natural_image(96, 80)
+    sym = grouped.analyse(rgb, 55)
+    shape = sym.y.shape[1:]
+
+    def run(changed: int | None) -> list[tuple[np.ndarray, np.ndarray]]:
+        seen = []
+
+        def code(start, stop, part, means, idx, y_res):
+            seen.append((means[start:stop][:, part].copy(), idx[start:stop][:, part].copy()))
+            r = sym.y[start:stop] + (7 if len(seen) - 1 == changed else 0)
+            y_res[start:stop] = np.where(part, r, y_res[start:stop])
+
+        hyper = grouped._hyper_params(sym.z, shape)
+        grouped._code_latents(hyper, shape, code, decoding=True)
+        return seen
+
+    base = run(None)
+    assert len(base) == 2 * len(GROUPS)
+    for n in range(len(base) - 1):
+        got = run(n)
+        for k in range(n + 1):
+            assert np.array_equal(got[k][0], base[k][0]) and np.array_equal(got[k][1], base[k][1]), (n, k)
+        assert any(not np.array_equal(got[k][0], base[k][0]) for k in range(n + 1, len(base))), n
+
+
 def test_integer_path_matches_the_float_model(grouped):
     net = grouped.model.network
     rgb = natural_image(128, 128)
@@ -95,14 +165,22 @@ def test_integer_path_matches_the_float_model(grouped):
         sym = grouped._symbols(y)
         params = grouped._hyper_params(sym.z, y.shape[2:]).float() / 2**ACT_BITS
         ref = net.entropy_parameters(y, params, torch.round).double()
-        plain = GainedHyperprior(net.config)
-        plain.load_state_dict(net.state_dict())
-        for n in [*plain.group_anchor, *plain.group_other]:
-            torch.nn.init.zeros_(n[-1].weight)
-            torch.nn.init.zeros_(n[-1].bias)
-        without_groups = plain.entropy_parameters(y, params, torch.round).double()
-    assert float((ref - without_groups).abs().max()) > 0.05  # the groups do something the check would see
-    assert float(np.abs(sym.means - ref[0, 24:].numpy()).max()) < 0.01
+    assert float((ref - params.double())[0, 24:].abs().max()) > 1.0  # the nets move the means a lot
+    close = np.abs(sym.means - ref[0, 24:].numpy()) < 0.05
+    assert close.mean() > 0.99  # integer rounding may flip a rare latent's rounding and what follows from it
+
+
+def test_zeroed_groups_code_like_the_checkerboard_model(tmp_path):
+    torch.manual_seed(4)
+    ckbd = GainedHyperprior(ModelConfig(**TINY))
+    torch.nn.init.normal_(ckbd.ctx_params[-1].weight, std=0.05)
+    export_model(ckbd.eval(), tmp_path / "c.safetensors", "c")
+    net = GainedHyperprior(ModelConfig(**TINY, channel_groups=GROUPS))
+    load_init_weights(net, str(tmp_path / "c.safetensors"))
+    export_model(net.eval(), tmp_path / "g.safetensors", "g")
+    rgb = natural_image(100, 70)
+    a, b = Codec(tmp_path / "c.safetensors").analyse(rgb, 50), Codec(tmp_path / "g.safetensors").analyse(rgb, 50)
+    assert a.digest() == b.digest() and np.array_equal(a.means, b.means)
 
 
 @pytest.mark.parametrize("anchors", [True, False])

@@ -62,7 +62,10 @@ class ModelConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["lambdas"] = list(self.lambdas)
-        d["channel_groups"] = list(self.channel_groups)
+        if self.channel_groups:
+            d["channel_groups"] = list(self.channel_groups)
+        else:  # absent, as before the field existed: re-exports of older runs keep their fingerprint
+            del d["channel_groups"]
         return d
 
     @classmethod
