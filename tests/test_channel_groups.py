@@ -12,7 +12,7 @@ from vaecodec.cli import main
 from vaecodec.codec import Codec
 from vaecodec.integer_net import ACT_BITS
 from vaecodec.model_io import export_model, load_model
-from vaecodec.network import GainedHyperprior, ModelConfig, anchor_mask
+from vaecodec.network import GainedHyperprior, ModelConfig, anchor_mask, default_channel_groups
 from vaecodec.train import load_init_weights
 
 GROUPS = (4, 8, 12)
@@ -229,6 +229,12 @@ def test_channel_groups_are_checked(bad):
         ModelConfig(**{**TINY, **bad})
 
 
+def test_default_groups_follow_the_latent_width():
+    assert default_channel_groups(192, "checkerboard") == (16, 16, 32, 64, 64)
+    assert default_channel_groups(320, "checkerboard") == (16, 16, 32, 64, 192)
+    assert default_channel_groups(192, "none") == () and default_channel_groups(128, "checkerboard") == ()
+
+
 def test_config_round_trips_and_old_files_have_no_groups():
     cfg = ModelConfig(**TINY, channel_groups=GROUPS)
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
@@ -276,5 +282,8 @@ def test_cli_trains_a_grouped_model_and_rejects_bad_groups(tmp_path):
     img = Image.fromarray(natural_image(70, 50))
     assert codec.decode(codec.encode(img, 50)).size == img.size
     again = CliRunner().invoke(main, ["train", str(d), "--run-dir", str(tmp_path / "run"), "--steps", "3",
-                                      "--resume", "--channel-groups", "12,12"])
+                                      "--resume", "--channel-groups", "none"])
     assert again.exit_code != 0 and "cannot change" in again.output
+    same = CliRunner().invoke(main, ["train", str(d), "--run-dir", str(tmp_path / "run"), "--steps", "3",
+                                     "--resume", "--channel-groups", "4,8,12"])
+    assert same.exit_code == 0, same.output

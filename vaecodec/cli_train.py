@@ -61,9 +61,10 @@ TRAIN_OPTIONS = ("steps", "batch_size", "crop", "lr", "warmup", "lr_drop_step", 
 @click.option("--M", "m_ch", type=click.IntRange(8), default=192, show_default=True, help="Latent channels.")
 @click.option("--context", type=click.Choice(["none", "checkerboard"]), default="checkerboard", show_default=True,
               help="Spatial context model of the latents (checkerboard: two-pass coding, smaller files).")
-@click.option("--channel-groups", "channel_groups", default="",
+@click.option("--channel-groups", "channel_groups", default="auto", show_default=True,
               help="With the checkerboard: comma-separated latent channel groups coded one after another, each "
-                   "predicted from those before (e.g. 16,16,32,64,64; default: none).")
+                   "predicted from those before (e.g. 16,16,32,64,64); auto: 16,16,32,64,M-128 when M > 128, "
+                   "else none; none: no groups.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", type=click.IntRange(1), default=2, show_default=True, help="Image decoding threads.")
 @click.option("--val-every", type=click.IntRange(1), default=1000, show_default=True)
@@ -112,14 +113,14 @@ def train(ctx, data_dir, out, run_dir, lambdas, n_ch, m_ch, context, channel_gro
             raise VaecodecError(f"--context cannot change when resuming (the run uses {cfg.context!r}); start a "
                                 "new run with --init")
         if (ctx.get_parameter_source("channel_groups") == ParameterSource.COMMANDLINE
-                and _groups(channel_groups) != cfg.channel_groups):
+                and _groups(channel_groups, cfg.M, cfg.context) != tuple(cfg.channel_groups)):
             raise VaecodecError("--channel-groups cannot change when resuming; start a new run with --init")
         cfg.data_dir, cfg.run_dir = str(data_dir), str(run_dir)
     else:
         if (run_dir / "last.pt").exists():
             raise VaecodecError(f"{run_dir} already holds a run; pass --resume or another --run-dir")
         lam = tuple(float(x) for x in lambdas.split(",")) if lambdas else DEFAULT_LAMBDAS
-        groups = _groups(channel_groups)
+        groups = _groups(channel_groups, m_ch, context)
         try:
             ModelConfig(N=n_ch, M=m_ch, lambdas=lam, context=context, channel_groups=groups)
         except ValueError as exc:
@@ -137,9 +138,16 @@ def train(ctx, data_dir, out, run_dir, lambdas, n_ch, m_ch, context, channel_gro
         _export(ckpt, out, out.stem, half=True)
 
 
-def _groups(text: str) -> tuple[int, ...]:
+def _groups(text: str, m: int, context: str) -> tuple[int, ...]:
+    from .network import default_channel_groups
+
+    text = text.strip().lower()
+    if text == "auto":
+        return default_channel_groups(m, context)
+    if text in ("", "none"):
+        return ()
     try:
-        return tuple(int(g) for g in text.split(",")) if text.strip() else ()
+        return tuple(int(g) for g in text.split(","))
     except ValueError:
         raise VaecodecError(f"--channel-groups: expected comma-separated channel counts, got {text!r}") from None
 

@@ -93,6 +93,12 @@ def anchor_mask(h: int, w: int, device=None) -> torch.Tensor:
     return ((r + c) % 2 == 0).float()[None, None]
 
 
+def default_channel_groups(M: int, context: str) -> tuple[int, ...]:
+    """The groups `vaecodec train` uses unless told otherwise: He et al. 2022's uneven 16/16/32/64/rest
+    (small groups first, where the gain per channel is largest) with the checkerboard and M > 128; else none."""
+    return (16, 16, 32, 64, M - 128) if context == "checkerboard" and M > 128 else ()
+
+
 def group_net(cin: int, channels: int) -> nn.Sequential:
     """A channel group's correction net: 3x3 conv, two 1x1 (ReLU between), output (scales, means) deltas.
     Only Conv/ReLU (re-evaluated exactly in integers); the last layer starts at zero, so a model without
