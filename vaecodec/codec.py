@@ -107,9 +107,7 @@ class Codec:
         try:
             self.model.context_int.apply(anchors_int[None], params)
         except OverflowError:
-            if decoding:
-                raise CorruptFileError("file is damaged (latent out of range)") from None
-            raise VaecodecError("image gives latents beyond the context model's exact range") from None
+            raise _range_error(decoding) from None
 
     def _apply_group(self, params: torch.Tensor, y_res: np.ndarray, start: int, anchors: np.ndarray,
                      anchor_pass: bool, decoding: bool) -> None:
@@ -125,9 +123,7 @@ class Codec:
         try:
             net.apply(params, decoded[None], start, stop, anchor_pass)
         except OverflowError:
-            if decoding:
-                raise CorruptFileError("file is damaged (latent out of range)") from None
-            raise VaecodecError("image gives latents beyond the context model's exact range") from None
+            raise _range_error(decoding) from None
 
     def _split(self, params: torch.Tensor, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(means as float64 multiples of 2**-ACT_BITS, scale-table indices) of channels start:stop from exact
@@ -361,6 +357,14 @@ class Codec:
             if tag in f.chunks:
                 img.info[key] = f.chunks[tag]
         return img
+
+
+def _range_error(decoding: bool) -> VaecodecError:
+    """What a latent beyond the context model's exact integer range means: damage when decoding, an image the
+    model cannot code when encoding."""
+    if decoding:
+        return CorruptFileError("file is damaged (latent out of range)")
+    return VaecodecError("image gives latents beyond the context model's exact range")
 
 
 def _inflate_alpha(data: bytes | None, size: int) -> np.ndarray:

@@ -144,6 +144,24 @@ class IntegerNet:
         return x  # integer-valued float64, ACT_BITS fractional bits
 
 
+def checkerboard_windows(sources: tuple[torch.Tensor, ...], h: int, w: int, tile: int, halo: int, parity: int):
+    """Walk the positions with (row + col) % 2 == parity, tile by tile and per tile in its two stride-2
+    sub-grids. Yields (window, rows, cols): the sources (1, C, h, w) concatenated over the tile plus a halo, zero
+    outside the image (what a conv's own padding would read), offset so that a stride-2 conv without padding
+    gives one output per position of the sub-grid; and the row and column slices of those positions."""
+    for r0 in range(0, h, tile):
+        r1 = min(h, r0 + tile)
+        for c0 in range(0, w, tile):
+            c1 = min(w, c0 + tile)
+            a0, a1, b0, b1 = max(0, r0 - halo), min(h, r1 + halo), max(0, c0 - halo), min(w, c1 + halo)
+            window = F.pad(torch.cat([t[:, :, a0:a1, b0:b1] for t in sources], dim=1),
+                           (b0 - (c0 - halo), (c1 + halo) - b1, a0 - (r0 - halo), (r1 + halo) - a1))
+            for dr in (0, 1):
+                dc = (r0 + c0 + dr + parity) % 2  # the sub-grid's first column in row r0 + dr
+                if r0 + dr < r1 and c0 + dc < c1:
+                    yield window[:, :, dr:, dc:], slice(r0 + dr, r1, 2), slice(c0 + dc, c1, 2)
+
+
 CONTEXT_TILE = 48  # y positions per tile side for the context model: float64 im2col of 5x5xM stays ~0.1 GB
 
 
@@ -168,25 +186,12 @@ class IntegerContext:
         reads a halo covering the kernel and only its own positions of params_int, which no other tile
         changes, so the in-place update equals one whole pass whatever the tile."""
         h, w = params_int.shape[2:]
-        halo = self.halo
-        for r0 in range(0, h, tile):
-            r1 = min(h, r0 + tile)
-            for c0 in range(0, w, tile):
-                c1 = min(w, c0 + tile)
-                # The tile plus its halo, zero outside the image (what the conv's own padding would read).
-                a0, a1, b0, b1 = max(0, r0 - halo), min(h, r1 + halo), max(0, c0 - halo), min(w, c1 + halo)
-                window = F.pad(anchors_int[:, :, a0:a1, b0:b1],
-                               (b0 - (c0 - halo), (c1 + halo) - b1, a0 - (r0 - halo), (r1 + halo) - a1))
-                for dr in (0, 1):
-                    dc = (r0 + c0 + dr + 1) % 2  # the first non-anchor column in row r0 + dr
-                    if r0 + dr >= r1 or c0 + dc >= c1:
-                        continue
-                    ctx = self.ctx(window[:, :, dr:, dc:], stride=2, padding=0)
-                    target = params_int[:, :, r0 + dr : r1 : 2, c0 + dc : c1 : 2]
-                    x = torch.cat([target, ctx], dim=1)  # same shape: one output per non-anchor
-                    for layer in self.params:
-                        x = layer(x)
-                    target += x
+        for window, rows, cols in checkerboard_windows((anchors_int,), h, w, tile, self.halo, parity=1):
+            target = params_int[:, :, rows, cols]
+            x = torch.cat([target, self.ctx(window, stride=2, padding=0)], dim=1)  # one output per non-anchor
+            for layer in self.params:
+                x = layer(x)
+            target += x
 
 
 GROUP_TILE = 48  # y positions per tile side for a channel group's net
@@ -216,22 +221,11 @@ class IntegerGroupNet:
         parity = 0 if anchors else 1
         inputs = (params_int[:, start:stop], params_int[:, m + start : m + stop], decoded_int)
         delta = torch.zeros((1, 2 * (stop - start), h, w), dtype=torch.float64)
-        halo = self.halo
-        for r0 in range(0, h, tile):
-            r1 = min(h, r0 + tile)
-            for c0 in range(0, w, tile):
-                c1 = min(w, c0 + tile)
-                a0, a1, b0, b1 = max(0, r0 - halo), min(h, r1 + halo), max(0, c0 - halo), min(w, c1 + halo)
-                window = F.pad(torch.cat([t[:, :, a0:a1, b0:b1] for t in inputs], dim=1),
-                               (b0 - (c0 - halo), (c1 + halo) - b1, a0 - (r0 - halo), (r1 + halo) - a1))
-                for dr in (0, 1):
-                    dc = (r0 + c0 + dr + parity) % 2  # the first changing column in row r0 + dr
-                    if r0 + dr >= r1 or c0 + dc >= c1:
-                        continue
-                    x = self.layers[0](window[:, :, dr:, dc:], stride=2, padding=0)
-                    for layer in self.layers[1:]:
-                        x = layer(x)
-                    delta[:, :, r0 + dr : r1 : 2, c0 + dc : c1 : 2] = x
+        for window, rows, cols in checkerboard_windows(inputs, h, w, tile, self.halo, parity):
+            x = self.layers[0](window, stride=2, padding=0)
+            for layer in self.layers[1:]:
+                x = layer(x)
+            delta[:, :, rows, cols] = x
         c = stop - start
         params_int[:, start:stop] += delta[:, :c]
         params_int[:, m + start : m + stop] += delta[:, c:]
