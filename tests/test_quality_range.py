@@ -74,13 +74,20 @@ def test_lowest_position_reaches_lower_rates_and_travels_in_the_model_file(tmp_p
     assert len(b.encode_planes(planes, 1)) < 0.8 * len(a.encode_planes(planes, 1))
     assert a.analyse(planes.rgb, 100).digest() == b.analyse(planes.rgb, 100).digest()  # same top end
     out = np.asarray(b.decode(b.encode_planes(planes, 1)))
-    with torch.no_grad():  # the decoder must use the same extrapolated gains as the encoder
-        x = torch.from_numpy(planes.rgb.copy()).permute(2, 0, 1)[None].float() / 255
-        est = (b.net.estimate(x, -2.0)["x_hat"].clamp(0, 1) * 255).round()[0].permute(1, 2, 0).numpy()
-    # the exact coding path may round a few means differently from the float estimate (about 40 dB apart with
-    # the 17,169-step hp2); a decoder using another position scales every latent wrongly: 27.6 dB at -1.5,
-    # 25.3 dB at 0 for this image, far below this
-    assert psnr(out, est.astype(np.uint8)) > 35
+    x = torch.from_numpy(planes.rgb.copy()).permute(2, 0, 1)[None].float() / 255
+
+    def estimate(position):
+        with torch.no_grad():
+            est = b.net.estimate(x, position)["x_hat"].clamp(0, 1) * 255
+        return est.round()[0].permute(1, 2, 0).numpy().astype(np.uint8)
+
+    # The decoder must use the same extrapolated gains as the encoder: its output is closest to the float
+    # estimate at -2. The exact coding path rounds some means differently from the float estimate (40 dB apart
+    # with the 17,169-step hp2, 32.7 dB with the 47,420-step one, whose group nets move the means more), while a
+    # decoder at another position scales every latent wrongly: 30.2 dB at -1.9, 28.4 at -1.5, 26.5 at 0.
+    closeness = {p: psnr(out, estimate(p)) for p in (-2.0, -1.8, -1.0, 0.0)}
+    assert closeness[-2.0] > max(closeness[-1.8], closeness[-1.0], closeness[0.0]) + 2.0, closeness
+    assert abs(psnr(out, planes.rgb) - psnr(estimate(-2.0), planes.rgb)) < 0.3  # and codes as well as it
 
 
 def test_export_writes_the_lowest_position(tmp_path, tiny_model_path):
