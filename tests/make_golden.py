@@ -1,15 +1,21 @@
 """Regenerate the golden .vae fixture after the shipped model changes: python tests/make_golden.py"""
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from vaecodec.codec import Codec
-from vaecodec.model_io import DEFAULT_MODEL_NAME
-
 HERE = Path(__file__).resolve().parent
+# This checkout's package and models/, not an installed copy that may carry older weights.
+sys.path.insert(0, str(HERE.parent))
+
+from vaecodec.codec import Codec  # noqa: E402
+from vaecodec.model_io import DEFAULT_MODEL_NAME, default_model_path  # noqa: E402
+
+if default_model_path().resolve() != (HERE.parent / "models" / f"{DEFAULT_MODEL_NAME}.safetensors").resolve():
+    sys.exit(f"make_golden: the default model resolves to {default_model_path()}, not this checkout's models/")
 rgb = np.asarray(Image.open(HERE.parent / "samples" / "kodim23.png").convert("RGB"))[200:264, 300:380].copy()
 codec = Codec()
 data = codec.encode(Image.fromarray(rgb), 60)
