@@ -3,6 +3,10 @@ measure each one's train-vs-validation gap on the same number of training images
 
 Usage: python benchmarks/validation.py TRAIN_DIR MODEL.safetensors [MODEL2 ...] [--images 64]
        [--levels 0,2,4,7] [--json out.json]
+       python benchmarks/validation.py --summary out.json
+
+Ends with a summary: each model's validation BD-rate (PSNR) against the first model given (the shipped one, by
+convention), which is the number that decides what ships, and its train-vs-validation gap per level.
 
 Uses the same fixed split (by file-name hash) and the same hard-quantized estimate as `vaecodec train`'s
 periodic validation, but on the shipped form of the weights (fp16 transforms), so expect small offsets from the
@@ -18,18 +22,44 @@ from pathlib import Path
 import torch
 
 from vaecodec.data import list_images, load_images, split_images
+from vaecodec.metrics import bd_rate
 from vaecodec.model_io import load_model
 from vaecodec.train import validate
 
 
+def _curve(points: dict) -> tuple[list[float], list[float]]:
+    levels = sorted(points, key=int)
+    return [points[lv]["bpp"] for lv in levels], [points[lv]["psnr"] for lv in levels]
+
+
+def summarize(report: dict) -> list[str]:
+    """One line per model: validation BD-rate against the first model, and the train - val gap per level."""
+    names = list(report)
+    ref_rate, ref_psnr = _curve(report[names[0]]["val"])
+    lines = []
+    for name in names:
+        rate, psnr = _curve(report[name]["val"])
+        gap = " / ".join(f"{report[name]['train'][lv]['psnr'] - report[name]['val'][lv]['psnr']:+.2f}"
+                         for lv in sorted(report[name]["val"], key=int))
+        bd = bd_rate(ref_rate, ref_psnr, rate, psnr)
+        lines.append(f"{name}: BD-rate {bd:+.2f}% vs {names[0]} (validation, PSNR); train - val gap {gap} dB")
+    return lines
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("train_dir", type=Path)
-    ap.add_argument("models", type=Path, nargs="+")
+    ap.add_argument("train_dir", type=Path, nargs="?")
+    ap.add_argument("models", type=Path, nargs="*")
+    ap.add_argument("--summary", type=Path, help="only summarize an earlier --json report")
     ap.add_argument("--images", type=int, default=64)
     ap.add_argument("--levels", default="0,2,4,7")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    if args.summary:
+        print("\n".join(summarize(json.loads(args.summary.read_text()))))
+        return
+    if args.train_dir is None or not args.models:
+        ap.error("TRAIN_DIR and at least one MODEL are required")
     torch.set_num_threads(2)
     train_paths, val_paths = split_images(list_images(args.train_dir), 2.0)
     if not val_paths or not train_paths:
@@ -40,13 +70,16 @@ def main():
     report = {}
     for path in args.models:
         model = load_model(path).network  # the shipped float network, fingerprint checked
-        report[path.name] = {"val": validate(model, val, levels), "train": validate(model, train, levels)}
+        # Models are named by file name, or by path where two share a name (candidates are often all hp2.*).
+        key = path.name if sum(m.name == path.name for m in args.models) == 1 else str(path)
+        report[key] = {"val": validate(model, val, levels), "train": validate(model, train, levels)}
         for lv in levels:
-            v, t = report[path.name]["val"][str(lv)], report[path.name]["train"][str(lv)]
-            print(f"{path.name} level {lv}: val {v['bpp']:.3f} bpp {v['psnr']:.2f} dB | "
+            v, t = report[key]["val"][str(lv)], report[key]["train"][str(lv)]
+            print(f"{key} level {lv}: val {v['bpp']:.3f} bpp {v['psnr']:.2f} dB | "
                   f"train {t['bpp']:.3f} bpp {t['psnr']:.2f} dB", flush=True)
     if args.json:
         args.json.write_text(json.dumps(report, indent=1) + "\n")
+    print("\n".join(summarize(report)))
 
 
 if __name__ == "__main__":
