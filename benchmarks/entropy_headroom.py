@@ -1,14 +1,17 @@
 """How many bits could a better entropy model save on the current transforms? Measured before building one.
 
 Freezes the analysis transform and the gains, then trains only the entropy model (hyper-analysis,
-hyper-synthesis, checkerboard context, z density) on the rate alone, optionally with an extra channel-group
-context on top. A rate-only step needs no synthesis pass and no gradient through the analysis transform, so it
-is ~4x cheaper than a training step. Reports the validation split's estimated bpp (hard quantization, as in
-`vaecodec train`'s validation) before and after; PSNR does not change, the transforms are fixed.
+hyper-synthesis, checkerboard context, channel-group nets, z density) on the rate alone, with additive noise as
+in training or (`--hard`) on the rounded latents it actually codes, optionally with an extra channel-group
+context on top (for models trained without one). A rate-only step needs no synthesis pass and no gradient
+through the analysis transform, so it is ~4x cheaper than a training step. Reports the validation split's
+estimated bpp (hard quantization, as in `vaecodec train`'s validation) before and after; PSNR does not change,
+the transforms are fixed.
 
   python benchmarks/entropy_headroom.py ../shared/data/train /work/ckpt/hp2/step5443.pt --steps 1000
   python benchmarks/entropy_headroom.py ../shared/data/train models/hp2.safetensors --steps 500 \
       --channel-groups 16,16,32,64,64
+  python benchmarks/entropy_headroom.py ../shared/data/train models/hp2.safetensors --steps 500 --hard
 
 The channel-group variant codes all anchors first, then all non-anchors, each group after the groups before it
 (its nets see only what a decoder would have decoded by then); it is an estimate in float arithmetic, not a
@@ -29,7 +32,7 @@ from vaecodec.data import CropSampler, list_images, load_images, split_images
 from vaecodec.entropy_models import gaussian_likelihood
 from vaecodec.network import GainedHyperprior, ModelConfig, anchor_mask, ste_round
 
-ENTROPY_MODULES = ("h_a", "h_s", "ctx", "ctx_params", "density_z")
+ENTROPY_MODULES = ("h_a", "h_s", "ctx", "ctx_params", "group_anchor", "group_other", "density_z")
 
 
 def load(path: Path) -> GainedHyperprior:
@@ -79,18 +82,27 @@ class ChannelGroups(nn.Module):
         return torch.cat(sc, 1), torch.cat(mu, 1)
 
 
-def bits_per_pixel(model, extra, x, level, train: bool) -> torch.Tensor:
+def bits_per_pixel(model, extra, x, level, train: bool, hard: bool = False) -> torch.Tensor:
+    """Estimated bits per pixel. Training uses additive noise for the rate (as `vaecodec train` does), or with
+    `hard`, rounding with straight-through gradients: the entropy model then fits the rounded latents it codes,
+    as in the hard-quantization stage of Guo et al. 2021 (soft-then-hard); the transforms stay frozen either way."""
     gain, _ = model.gains_at(level.float())
     with torch.no_grad():
         y = model.g_a(x) * gain
     z = model.h_a(y)
     rounding = ste_round if train else torch.round
-    z_lik = model.density_z.likelihood(z + torch.empty_like(z).uniform_(-0.5, 0.5) if train else torch.round(z))
+    if train and not hard:
+        z_lik = model.density_z.likelihood(z + torch.empty_like(z).uniform_(-0.5, 0.5))
+    else:
+        z_lik = model.density_z.likelihood(rounding(z))
     hyper = model.h_s(rounding(z))
     scales, means = model.entropy_parameters(y, hyper, rounding).chunk(2, dim=1)
     if extra is not None:
         scales, means = extra(y, hyper, scales, means, rounding)
-    residual = y + torch.empty_like(y).uniform_(-0.5, 0.5) - means if train else torch.round(y - means)
+    if train and not hard:
+        residual = y + torch.empty_like(y).uniform_(-0.5, 0.5) - means
+    else:
+        residual = rounding(y - means)
     bits = -torch.log2(gaussian_likelihood(residual, scales)).flatten(1).sum(1)
     bits = bits - torch.log2(z_lik).flatten(1).sum(1)
     return bits / (x.shape[2] * x.shape[3])
@@ -120,6 +132,7 @@ def main():
     ap.add_argument("--channel-groups", default="", help="e.g. 16,16,32,64,64 (sum: the latent channels)")
     ap.add_argument("--levels", default="0,2,4,7")
     ap.add_argument("--images", type=int, default=64)
+    ap.add_argument("--hard", action="store_true", help="train the rate on rounded latents (straight-through)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -151,7 +164,7 @@ def main():
     for step in range(1, args.steps + 1):
         x = sampler.sample(args.batch_size)
         level = torch.randint(0, L, (args.batch_size,), generator=gen)
-        loss = bits_per_pixel(model, extra, x, level, True).mean()
+        loss = bits_per_pixel(model, extra, x, level, True, args.hard).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -163,7 +176,7 @@ def main():
     print("change %", {k: round(v, 2) for k, v in change.items()}, flush=True)
     if args.json:
         args.json.write_text(json.dumps({"model": str(args.model), "steps": args.steps, "lr": args.lr,
-                                         "channel_groups": args.channel_groups, "before_bpp": before,
+                                         "channel_groups": args.channel_groups, "hard": args.hard, "before_bpp": before,
                                          "after_bpp": after, "change_percent": change}, indent=1))
 
 
