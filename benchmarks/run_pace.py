@@ -14,12 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from vaecodec.metrics import bd_rate
-
-
-def _curve(points: dict) -> tuple[list[float], list[float]]:
-    levels = sorted(points, key=int)
-    return [points[lv]["bpp"] for lv in levels], [points[lv]["psnr"] for lv in levels]
+from vaecodec.train import validation_bd_rate
 
 
 def pace(lines: list[dict], key: str = "val_ema") -> list[dict]:
@@ -27,12 +22,12 @@ def pace(lines: list[dict], key: str = "val_ema") -> list[dict]:
     checks = [line for line in lines if key in line]
     rows = []
     for i, check in enumerate(checks):
-        rate, psnr = _curve(check[key])
-        row = {"step": check.get("step"), "bpp": rate, "psnr": psnr}
+        levels = sorted(check[key], key=int)
+        row = {"step": check.get("step"), "bpp": [check[key][lv]["bpp"] for lv in levels],
+               "psnr": [check[key][lv]["psnr"] for lv in levels]}
         if i:
-            first, prev = _curve(checks[0][key]), _curve(checks[i - 1][key])
-            row["bd_vs_first"] = bd_rate(*first, rate, psnr)
-            row["bd_vs_prev"] = bd_rate(*prev, rate, psnr)
+            row["bd_vs_first"] = validation_bd_rate(checks[0][key], check[key])
+            row["bd_vs_prev"] = validation_bd_rate(checks[i - 1][key], check[key])
         rows.append(row)
     return rows
 

@@ -22,26 +22,18 @@ from pathlib import Path
 import torch
 
 from vaecodec.data import list_images, load_images, split_images
-from vaecodec.metrics import bd_rate
 from vaecodec.model_io import load_model
-from vaecodec.train import validate
-
-
-def _curve(points: dict) -> tuple[list[float], list[float]]:
-    levels = sorted(points, key=int)
-    return [points[lv]["bpp"] for lv in levels], [points[lv]["psnr"] for lv in levels]
+from vaecodec.train import validate, validation_bd_rate
 
 
 def summarize(report: dict) -> list[str]:
     """One line per model: validation BD-rate against the first model, and the train - val gap per level."""
     names = list(report)
-    ref_rate, ref_psnr = _curve(report[names[0]]["val"])
     lines = []
     for name in names:
-        rate, psnr = _curve(report[name]["val"])
         gap = " / ".join(f"{report[name]['train'][lv]['psnr'] - report[name]['val'][lv]['psnr']:+.2f}"
                          for lv in sorted(report[name]["val"], key=int))
-        bd = bd_rate(ref_rate, ref_psnr, rate, psnr)
+        bd = validation_bd_rate(report[names[0]]["val"], report[name]["val"])
         lines.append(f"{name}: BD-rate {bd:+.2f}% vs {names[0]} (validation, PSNR); train - val gap {gap} dB")
     return lines
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from vaecodec.cli import main
 from vaecodec.codec import Codec
-from vaecodec.train import cpu_has_native_bf16
+from vaecodec.train import cpu_has_native_bf16, validation_bd_rate
 
 
 @pytest.fixture(scope="module")
@@ -247,3 +247,11 @@ def test_ddp_ranks_agree_to_stop_when_one_runs_out_of_time(tmp_path):
     mp.spawn(_stop_agreement_worker, args=(str(tmp_path / "store"), str(tmp_path / "r")), nprocs=2)
     assert (tmp_path / "r.0").read_text() == "True max-time"
     assert (tmp_path / "r.1").read_text() == "True max-time"
+
+
+def test_validation_bd_rate_pairs_levels_by_number_not_by_order():
+    ref = {"0": {"bpp": 0.3, "psnr": 27.0}, "4": {"bpp": 1.0, "psnr": 33.0}, "10": {"bpp": 2.5, "psnr": 38.0}}
+    halved = {lv: {"bpp": ref[lv]["bpp"] / 2, "psnr": ref[lv]["psnr"]} for lv in ("10", "0", "4")}
+    assert validation_bd_rate(ref, ref) == pytest.approx(0.0, abs=1e-9)
+    assert validation_bd_rate(ref, halved) == pytest.approx(-50.0, abs=1e-6)
+    assert validation_bd_rate(halved, ref) == pytest.approx(100.0, abs=1e-6)

@@ -20,6 +20,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from .data import CropSampler, list_images, load_images, split_images
+from .metrics import bd_rate
 from .network import DEFAULT_LAMBDAS, GainedHyperprior, ModelConfig
 
 
@@ -201,6 +202,13 @@ def validate(model: GainedHyperprior, images: list[torch.Tensor], levels: list[i
         result[str(level)] = {"bpp": sum(bpps) / len(bpps), "psnr": sum(psnrs) / len(psnrs)}
     model.train()
     return result
+
+
+def validation_bd_rate(reference: dict, candidate: dict) -> float:
+    """BD-rate (PSNR, percent) of one `validate` result against another: the number that picks what ships."""
+    levels = sorted(reference, key=int)
+    return bd_rate([reference[lv]["bpp"] for lv in levels], [reference[lv]["psnr"] for lv in levels],
+                   [candidate[lv]["bpp"] for lv in levels], [candidate[lv]["psnr"] for lv in levels])
 
 
 class StopRequest:
