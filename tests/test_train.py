@@ -100,6 +100,41 @@ def test_export_ships_the_weight_average_unless_told_not_to(image_dir, tmp_path)
     assert not torch.allclose(state["ema"]["g_a.0.weight"], state["model"]["g_a.0.weight"])
 
 
+def test_export_averages_several_checkpoints_of_one_run(image_dir, tmp_path):
+    import shutil
+
+    from vaecodec.model_io import load_float_state
+
+    run = tmp_path / "run"
+    r = CliRunner().invoke(main, ["train", str(image_dir), "--run-dir", str(run), "--steps", "2", *TINY])
+    assert r.exit_code == 0, r.output
+    shutil.copy(run / "last.pt", tmp_path / "snap2.pt")
+    r = CliRunner().invoke(main, ["train", str(image_dir), "--run-dir", str(run), "--steps", "4", "--resume"])
+    assert r.exit_code == 0, r.output
+    a, b = (torch.load(p, weights_only=False) for p in (tmp_path / "snap2.pt", run / "last.pt"))
+    for flag, key in (("--ema", "ema"), ("--no-ema", "model")):
+        out = tmp_path / f"avg{flag}.safetensors"
+        r = CliRunner().invoke(main, ["export", str(tmp_path / "snap2.pt"), str(run), "-o", str(out), flag])
+        assert r.exit_code == 0, r.output
+        mean = (a[key]["g_s.0.weight"].double() + b[key]["g_s.0.weight"].double()) / 2
+        got = load_float_state(out)["g_s.0.weight"].double()
+        assert torch.allclose(got, mean.float().half().double())
+        assert not torch.allclose(got, b[key]["g_s.0.weight"].float().half().double())
+        card = json.loads(out.with_suffix(".json").read_text())
+        assert card["steps"] == 4 and "uniform average of 2" in card["weights"] and "2, 4" in card["weights"]
+    # another network cannot be averaged in, and a file that is no checkpoint is a one-line error
+    other = tmp_path / "other"
+    r = CliRunner().invoke(main, ["train", str(image_dir), "--run-dir", str(other), "--steps", "1", *TINY,
+                                  "--N", "8"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["export", str(run), str(other), "-o", str(tmp_path / "x.safetensors")])
+    assert r.exit_code == 1 and "different network" in r.output and not (tmp_path / "x.safetensors").exists()
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    r = CliRunner().invoke(main, ["export", str(run), str(junk), "-o", str(tmp_path / "y.safetensors")])
+    assert r.exit_code == 1 and "not a vaecodec training checkpoint" in r.output
+
+
 def test_context_cannot_change_on_resume(image_dir, tmp_path):
     run = tmp_path / "run"
     r = CliRunner().invoke(main, ["train", str(image_dir), "--run-dir", str(run), "--steps", "1", *TINY])

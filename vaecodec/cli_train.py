@@ -156,38 +156,70 @@ def _model_path(path: Path) -> Path:
     return path if path.suffix == ".safetensors" else path.with_name(path.name + ".safetensors")
 
 
-def _export(ckpt: Path, out: Path, name: str, half: bool, lowest_position: float | None = None,
+def _chosen_weights(ckpt: Path, state: dict, model, use_ema: bool) -> bool:
+    """Load a checkpoint's weights into model: its moving average when asked and kept, else the last step's.
+    Returns whether the average was used."""
+    model.load_state_dict(state["model"])
+    if not (use_ema and "ema" in state):
+        return False
+    # parameters from the moving average; buffers (none persistent today) stay the model's
+    missing, unexpected = model.load_state_dict(state["ema"], strict=False)
+    params = {n for n, _ in model.named_parameters()}
+    if unexpected or params.intersection(missing):
+        raise VaecodecError(f"{ckpt}: its weight average does not match the model (pass --no-ema)")
+    return True
+
+
+def _export(ckpts: Path | list[Path], out: Path, name: str, half: bool, lowest_position: float | None = None,
             use_ema: bool = True) -> None:
+    """Write a shipped model from one checkpoint or, given several of the same network, from the uniform
+    average of their weights (an SWA-like average of a run's snapshots, on top of each one's moving average)."""
     import dataclasses
+    import pickle
 
     import torch
 
     from .model_io import export_model
     from .network import DEFAULT_LOWEST_POSITION, GainedHyperprior, ModelConfig
+    from .train import training_history
 
     if lowest_position is None:
         lowest_position = DEFAULT_LOWEST_POSITION
-    from .train import training_history
-
-    if ckpt.is_dir():
-        ckpt = ckpt / "last.pt"
-    if not ckpt.is_file():
-        raise VaecodecError(f"{ckpt}: no checkpoint there")
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    config = dataclasses.replace(ModelConfig.from_dict(state["model_config"]), lowest_position=lowest_position)
-    model = GainedHyperprior(config)
-    model.load_state_dict(state["model"])
-    averaged = use_ema and "ema" in state
-    if averaged:  # parameters from the moving average; buffers (none persistent today) stay the model's
-        missing, unexpected = model.load_state_dict(state["ema"], strict=False)
-        params = {n for n, _ in model.named_parameters()}
-        if unexpected or params.intersection(missing):
-            raise VaecodecError(f"{ckpt}: its weight average does not match the model (pass --no-ema)")
+    paths = [c / "last.pt" if c.is_dir() else c for c in ([ckpts] if isinstance(ckpts, Path) else ckpts)]
+    for c in paths:
+        if not c.is_file():
+            raise VaecodecError(f"{c}: no checkpoint there")
+    model, total, latest, kinds, steps_seen = None, None, None, set(), []
+    for c in paths:
+        try:
+            state = torch.load(c, map_location="cpu", weights_only=False)
+            config = dataclasses.replace(ModelConfig.from_dict(state["model_config"]), lowest_position=lowest_position)
+        except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as e:
+            raise VaecodecError(f"{c}: not a vaecodec training checkpoint ({type(e).__name__})") from None
+        if model is None:
+            model, first_config = GainedHyperprior(config), config
+        elif config != first_config:
+            raise VaecodecError(f"{c}: a different network from {paths[0]}; only checkpoints of one run average")
+        averaged = _chosen_weights(c, state, model, use_ema)
+        kinds.add(averaged)
+        sd = {k: v.detach().double() for k, v in model.state_dict().items()}
+        total = sd if total is None else {k: total[k] + v for k, v in sd.items()}
+        steps_seen.append(state["step"])
+        if latest is None or state["step"] > latest["step"]:
+            latest = state
+    if len(paths) > 1:
+        model.load_state_dict({k: (v / len(paths)).float() for k, v in total.items()})
+    state = latest
+    averaged = kinds == {True}
     steps, seconds = training_history(state)  # a run started from earlier weights counts their training too
+    weights = (f"moving average (decay {state['train_config'].get('ema')}, over {state.get('ema_steps')} steps)"
+               if averaged else "last step")
+    if len(paths) > 1:
+        weights = (f"uniform average of {len(paths)} checkpoints' {'moving averages' if averaged else 'weights'} "
+                   f"(run steps {', '.join(str(s) for s in sorted(steps_seen))})")
     info = {
         "steps": steps,
-        "weights": (f"moving average (decay {state['train_config'].get('ema')}, over {state.get('ema_steps')} steps)"
-                    if averaged else "last step"),
+        "weights": weights,
         "train_seconds": round(seconds),
         "train_config": state["train_config"],
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -200,7 +232,7 @@ def _export(ckpt: Path, out: Path, name: str, half: bool, lowest_position: float
 
 
 @click.command()
-@click.argument("checkpoint", type=click.Path(path_type=Path, exists=True))
+@click.argument("checkpoints", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
               help="Model file to write (NAME.safetensors; a NAME.json card goes beside it).")
 @click.option("--name", help="Model name stored in .vae files (default: the output's stem).")
@@ -211,12 +243,14 @@ def _export(ckpt: Path, out: Path, name: str, half: bool, lowest_position: float
 @click.option("--ema/--no-ema", "use_ema", default=True, show_default=True,
               help="Ship the run's moving average of the weights (if it kept one) rather than the last step's.")
 @click.option("-f", "--force", is_flag=True, help="Replace an existing model file.")
-def export(checkpoint, output, name, fp32, lowest_position, use_ema, force):
-    """Export a training checkpoint (or run folder) into a shipped model file plus its card."""
+def export(checkpoints, output, name, fp32, lowest_position, use_ema, force):
+    """Export a training checkpoint (or run folder) into a shipped model file plus its card.
+
+    Several checkpoints of one run are averaged uniformly (e.g. snapshots of last.pt taken during a session)."""
     output = _model_path(output)
     if output.exists() and not force:
         raise VaecodecError(f"{output} already exists (use --force to replace it)")
-    _export(checkpoint, output, name or output.stem, half=not fp32, lowest_position=lowest_position,
+    _export(list(checkpoints), output, name or output.stem, half=not fp32, lowest_position=lowest_position,
             use_ema=use_ema)
 
 
