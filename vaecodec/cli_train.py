@@ -135,7 +135,7 @@ def train(ctx, data_dir, out, run_dir, lambdas, n_ch, m_ch, context, channel_gro
         raise StoppedBySignal(f"training stopped by {stopped} at a saved checkpoint; continue with --resume "
                               f"--run-dir {run_dir}")
     if out and rank == 0:  # one process writes the model
-        _export(ckpt, out, out.stem, half=True)
+        _export([ckpt], out, out.stem, half=True)
 
 
 def _groups(text: str, m: int, context: str) -> tuple[int, ...]:
@@ -170,10 +170,10 @@ def _chosen_weights(ckpt: Path, state: dict, model, use_ema: bool) -> bool:
     return True
 
 
-def _export(ckpts: Path | list[Path], out: Path, name: str, half: bool, lowest_position: float | None = None,
+def _export(ckpts: list[Path], out: Path, name: str, half: bool, lowest_position: float | None = None,
             use_ema: bool = True) -> None:
-    """Write a shipped model from one checkpoint or, given several of the same network, from the uniform
-    average of their weights (an SWA-like average of a run's snapshots, on top of each one's moving average)."""
+    """Write a shipped model from one checkpoint (file or run folder) or, given several of the same network,
+    from the uniform average of their weights (SWA-like, on top of each one's moving average)."""
     import dataclasses
     import pickle
 
@@ -185,7 +185,7 @@ def _export(ckpts: Path | list[Path], out: Path, name: str, half: bool, lowest_p
 
     if lowest_position is None:
         lowest_position = DEFAULT_LOWEST_POSITION
-    paths = [c / "last.pt" if c.is_dir() else c for c in ([ckpts] if isinstance(ckpts, Path) else ckpts)]
+    paths = [c / "last.pt" if c.is_dir() else c for c in ckpts]
     for c in paths:
         if not c.is_file():
             raise VaecodecError(f"{c}: no checkpoint there")
