@@ -4,8 +4,8 @@ overwriting without permission and never touching an input."""
 from __future__ import annotations
 
 import os
+import secrets
 import sys
-import tempfile
 from pathlib import Path
 
 from .errors import VaecodecError
@@ -38,28 +38,40 @@ def write_atomic(path: Path | str, data: bytes) -> None:
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise VaecodecError(f"{path}: directory {directory} does not exist")
+    # The temporary name is chosen before the file exists, so a Ctrl-C or SIGTERM (raised as KeyboardInterrupt)
+    # arriving at any point after os.open, even before it returns, still finds the file to remove.
+    for _ in range(100):
+        tmp = directory / f".{path.name}.{secrets.token_hex(4)}.part"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)  # umask applies
+            break
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise VaecodecError(f"{path}: cannot write ({exc.strerror})") from None
+        except BaseException:
+            _remove(tmp)
+            raise
+    else:
+        raise VaecodecError(f"{path}: cannot write (no free temporary name)")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=directory)
-    except OSError as exc:
-        raise VaecodecError(f"{path}: cannot write ({exc.strerror})") from None
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _remove(tmp)
         if isinstance(exc, OSError):
             raise VaecodecError(f"{path}: cannot write ({exc.strerror or exc})") from None
         raise
 
+
+def _remove(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 def read_input(path: Path | str, limit: int | None = None) -> bytes:
     if str(path) == "-":
