@@ -258,7 +258,7 @@ def export(checkpoints, output, name, fp32, lowest_position, use_ema, force):
 @click.argument("model_file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @click.option("--eval", "eval_json", type=click.Path(path_type=Path, exists=True, dir_okay=False), required=True,
               help="Report from `vaecodec eval --json` made with this model on Kodak.")
-@click.option("--data", default="shared/data/train (2047 natural photos, 256x256; see its SOURCES.md)",
+@click.option("--data", default="shared/data/train (2047 natural photos, 256x256; sources in shared/data/SOURCES.md)",
               show_default=True, help="Training data description for the card.")
 def card(model_file, eval_json, data):
     """Write MODEL.md, the model card: architecture, training, and the measured rate-distortion numbers."""
