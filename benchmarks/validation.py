@@ -2,7 +2,7 @@
 measure each one's train-vs-validation gap on the same number of training images.
 
 Usage: python benchmarks/validation.py TRAIN_DIR MODEL.safetensors [MODEL2 ...] [--images 64]
-       [--levels 0,2,4,7] [--json out.json]
+       [--levels 0,2,4,7 | --qualities 1,12,23,45,67,100] [--json out.json]
        python benchmarks/validation.py --summary out.json
 
 Ends with a summary: each model's validation BD-rate (PSNR) against the first model given (the shipped one, by
@@ -11,6 +11,11 @@ convention), which is the number that decides what ships, and its train-vs-valid
 Uses the same fixed split (by file-name hash) and the same hard-quantized estimate as `vaecodec train`'s
 periodic validation, but on the shipped form of the weights (fp16 transforms), so expect small offsets from the
 `val` lines of a run's log.jsonl.
+
+--levels are positions among each model's own lambdas; --qualities compare models at the same codec quality
+settings instead, which is what models with different lambda sets (e.g. 8 levels from 0.0018 with quality 1
+extrapolated two levels below, against 10 levels from 0.00048) need. For the 8-level hp2, qualities 23, 45,
+67 and 100 are levels 0, 2, 4 and 7, and qualities 1 and 12 the extrapolated positions -2 and -1.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import torch
 
 from vaecodec.data import list_images, load_images, split_images
 from vaecodec.model_io import load_model
+from vaecodec.network import quality_position
 from vaecodec.train import validate, validation_bd_rate
 
 
@@ -45,6 +51,7 @@ def main():
     ap.add_argument("--summary", type=Path, help="only summarize an earlier --json report")
     ap.add_argument("--images", type=int, default=64)
     ap.add_argument("--levels", default="0,2,4,7")
+    ap.add_argument("--qualities", help="compare at these codec qualities (1..100) instead of --levels")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     if args.summary:
@@ -58,16 +65,23 @@ def main():
         raise SystemExit(f"{args.train_dir}: too few images for a validation split")
     val = load_images(val_paths[: args.images], 2)
     train = load_images(train_paths[:: max(1, len(train_paths) // args.images)][: args.images], 2)
-    levels = [int(x) for x in args.levels.split(",")]
+    points = [int(x) for x in (args.qualities or args.levels).split(",")]
+    unit = "quality" if args.qualities else "level"
     report = {}
     for path in args.models:
         model = load_model(path).network  # the shipped float network, fingerprint checked
         # Models are named by file name, or by path where two share a name (candidates are often all hp2.*).
         key = path.name if sum(m.name == path.name for m in args.models) == 1 else str(path)
-        report[key] = {"val": validate(model, val, levels), "train": validate(model, train, levels)}
-        for lv in levels:
-            v, t = report[key]["val"][str(lv)], report[key]["train"][str(lv)]
-            print(f"{key} level {lv}: val {v['bpp']:.3f} bpp {v['psnr']:.2f} dB | "
+        cfg = model.config
+        positions = ([quality_position(q, len(cfg.lambdas), cfg.lowest_position) for q in points]
+                     if args.qualities else points)
+        report[key] = {}
+        for part, images in (("val", val), ("train", train)):
+            results = validate(model, images, positions).values()
+            report[key][part] = {str(p): r for p, r in zip(points, results, strict=True)}
+        for p in points:
+            v, t = report[key]["val"][str(p)], report[key]["train"][str(p)]
+            print(f"{key} {unit} {p}: val {v['bpp']:.3f} bpp {v['psnr']:.2f} dB | "
                   f"train {t['bpp']:.3f} bpp {t['psnr']:.2f} dB", flush=True)
     if args.json:
         args.json.write_text(json.dumps(report, indent=1) + "\n")

@@ -111,3 +111,52 @@ def test_export_default_matches_the_network_default():
     assert opt.default == DEFAULT_LOWEST_POSITION
     r = CliRunner().invoke(main, ["export", "--help"])
     assert "--lowest-position" in r.output
+
+
+def _random_gains(net: GainedHyperprior, seed: int) -> GainedHyperprior:
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        net.log_gain.copy_(torch.randn_like(net.log_gain) * 0.3)
+        net.log_inv_gain.copy_(torch.randn_like(net.log_inv_gain) * 0.3)
+    return net.eval()
+
+
+@pytest.mark.parametrize("init_kind", ["safetensors", "checkpoint"])
+def test_init_with_lower_lambdas_codes_every_quality_as_before(tmp_path, init_kind):
+    """Extending the lambda set downward (so the lowest qualities become trained levels) starts the new levels
+    at the extrapolation the old model used there: same latents, rates and images at every quality."""
+    from vaecodec.train import load_init_weights
+
+    old = _random_gains(GainedHyperprior(ModelConfig(N=16, M=24, lambdas=(0.002, 0.01, 0.2),
+                                                     lowest_position=-2.0)), 5)
+    if init_kind == "safetensors":
+        path = tmp_path / "old.safetensors"
+        export_model(old, path, "old", half=False)
+        old = load_model(path).network.eval()  # what the init actually reads (integer hyper-synthesis rounded)
+    else:
+        path = tmp_path / "old.pt"
+        torch.save({"model": old.state_dict(), "model_config": old.config.to_dict(), "step": 7}, path)
+    new = GainedHyperprior(ModelConfig(N=16, M=24, lambdas=(0.0004, 0.0009, 0.002, 0.01, 0.2),
+                                       lowest_position=0.0))
+    load_init_weights(new, str(path))
+    new.eval()
+    x = torch.from_numpy(natural_image(64, 64)).permute(2, 0, 1)[None].float() / 255
+    for q in (1, 5, 20, 50, 100):
+        p_old = quality_position(q, 3, -2.0)
+        p_new = quality_position(q, 5, 0.0)
+        assert p_new == pytest.approx(p_old + 2)
+        a, b = old.estimate(x, p_old), new.estimate(x, p_new)
+        assert torch.allclose(a["x_hat"], b["x_hat"], atol=1e-5), q
+        assert torch.allclose(a["y_lik"], b["y_lik"], atol=1e-5), q
+    assert torch.equal(new.log_gain[2:], old.log_gain)  # the trained levels are copied, not recomputed
+
+
+def test_init_refuses_lambdas_that_do_not_extend_the_old_set(tmp_path):
+    from vaecodec.train import load_init_weights
+
+    old = GainedHyperprior(ModelConfig(N=16, M=24, lambdas=(0.002, 0.01, 0.2)))
+    path = tmp_path / "old.pt"
+    torch.save({"model": old.state_dict(), "model_config": old.config.to_dict(), "step": 0}, path)
+    for lams in ((0.001, 0.003, 0.01, 0.2), (0.002, 0.2, 0.3, 0.4)):  # one changed, one dropped
+        with pytest.raises(ValueError, match="do not extend"):
+            load_init_weights(GainedHyperprior(ModelConfig(N=16, M=24, lambdas=lams)), str(path))

@@ -171,16 +171,42 @@ def load_init_weights(model: GainedHyperprior, path: str) -> tuple[int, float]:
         from .model_io import load_float_state, read_metadata
 
         weights = load_float_state(path)
-        info = json.loads(read_metadata(Path(path)).get("training", "{}"))
+        meta = read_metadata(Path(path))
+        info = json.loads(meta.get("training", "{}"))
         history = int(info.get("steps", 0)), float(info.get("train_seconds", 0.0))
+        init_lambdas = json.loads(meta.get("config", "{}")).get("lambdas")
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
         weights, history = state["model"], training_history(state)
+        init_lambdas = state.get("model_config", {}).get("lambdas")
+    if init_lambdas is not None and len(init_lambdas) != len(model.config.lambdas):
+        weights = extend_gain_levels(weights, [float(x) for x in init_lambdas], model.config.lambdas)
     missing, unexpected = model.load_state_dict(weights, strict=False)
     fresh = [k for k in missing if not k.startswith(("ctx.", "ctx_params.", "group_anchor.", "group_other."))]
     if fresh or unexpected:
         raise ValueError(f"{path} does not fit this architecture (missing {fresh[:3]}, unexpected {unexpected[:3]})")
     return history
+
+
+def extend_gain_levels(weights: dict[str, torch.Tensor], old: list[float], new: tuple[float, ...]) -> dict:
+    """Gains for a lambda set that extends the init weights' set at either end (e.g. lower lambdas, so that the
+    lowest qualities become trained instead of extrapolated). Each new level starts at the log-linear
+    extrapolation that the old model used at that position, so the extended model codes exactly as before at
+    every quality until training moves the new levels."""
+    k = next((i for i in range(len(new) - len(old) + 1)
+              if all(math.isclose(a, b, rel_tol=1e-6) for a, b in zip(new[i:i + len(old)], old, strict=True))), None)
+    if k is None or len(old) < 2:
+        raise ValueError(f"lambdas {list(new)} do not extend the init weights' lambdas {old} at either end")
+    weights = dict(weights)
+    for key in ("log_gain", "log_inv_gain"):
+        lg = weights[key]
+        rows = []
+        for i in range(len(new)):
+            p = i - k  # position in the old model
+            lo = min(max(p, 0), len(old) - 2)
+            rows.append(lg[p] if 0 <= p < len(old) else lg[lo] + (p - lo) * (lg[lo + 1] - lg[lo]))
+        weights[key] = torch.stack(rows)
+    return weights
 
 
 @torch.no_grad()
