@@ -38,7 +38,7 @@ def test_lambda_interpolates_log_linearly_between_trained_values(shipped_codec):
     assert lambda_at(net, 0.5) == pytest.approx(math.sqrt(lams[0] * lams[1]))
     lowest = min(net.config.lowest_position, 0.0)
     assert lambda_at(net, -9) == pytest.approx(lambda_at(net, lowest))  # clamped at quality 1's position
-    assert lambda_at(net, lowest) <= lams[0]
+    assert lambda_at(net, lowest) <= lams[0] * (1 + 1e-12)  # equal (up to exp/log round-off) when quality 1 is trained
 
 
 @pytest.mark.parametrize("quality", [20, 90])
