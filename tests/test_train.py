@@ -290,3 +290,25 @@ def test_validation_bd_rate_pairs_levels_by_number_not_by_order():
     assert validation_bd_rate(ref, ref) == pytest.approx(0.0, abs=1e-9)
     assert validation_bd_rate(ref, halved) == pytest.approx(-50.0, abs=1e-6)
     assert validation_bd_rate(halved, ref) == pytest.approx(100.0, abs=1e-6)
+
+
+def test_fine_tuning_keeps_or_extends_the_init_models_lambdas(image_dir, tmp_path):
+    """Without --lambdas a run started with --init keeps the λ set of its weights (a 10-λ hp2 stays 10-λ);
+    --lambdas may extend that set at either end."""
+    first = tmp_path / "first"
+    no_lambdas = [a for i, a in enumerate(TINY) if "--lambdas" not in TINY[max(i - 1, 0):i + 1]]
+    assert "--lambdas" not in no_lambdas and "--N" in no_lambdas
+    r = CliRunner().invoke(main, ["train", str(image_dir), "--run-dir", str(tmp_path / "r1"), "--steps", "2",
+                                  "--out", str(first), *TINY])
+    assert r.exit_code == 0, r.output
+    init = str(first.with_suffix(".safetensors"))
+    for run, extra, want in (("keep", [], [0.005, 0.05]),
+                             ("extend", ["--lambdas", "0.001,0.005,0.05"], [0.001, 0.005, 0.05])):
+        r = CliRunner().invoke(main, ["train", str(image_dir), "--run-dir", str(tmp_path / run), "--steps", "1",
+                                      "--init", init, *no_lambdas, *extra])
+        assert r.exit_code == 0, r.output
+        state = torch.load(tmp_path / run / "last.pt", weights_only=False)
+        assert state["model_config"]["lambdas"] == want
+    r = CliRunner().invoke(main, ["train", str(image_dir), "--run-dir", str(tmp_path / "bad"), "--steps", "1",
+                                  "--init", init, *no_lambdas, "--lambdas", "0.001,0.003,0.05"])
+    assert r.exit_code == 1 and "do not extend" in r.output

@@ -56,7 +56,8 @@ TRAIN_OPTIONS = ("steps", "batch_size", "crop", "lr", "warmup", "lr_drop_step", 
               help="Multiply the learning rate by 0.1 from this step on (0: never).")
 @click.option("--ema", type=click.FloatRange(0, 1, max_open=True), default=0.999, show_default=True,
               help="Decay of the weight average that export ships (0: ship the raw weights).")
-@click.option("--lambdas", help="Comma-separated trade-offs (default: 8 values from 0.0018 to 0.18).")
+@click.option("--lambdas", help="Comma-separated trade-offs (default: those of --init, else 8 values from 0.0018 "
+                                "to 0.18).")
 @click.option("--N", "n_ch", type=click.IntRange(8), default=128, show_default=True, help="Transform width.")
 @click.option("--M", "m_ch", type=click.IntRange(8), default=192, show_default=True, help="Latent channels.")
 @click.option("--context", type=click.Choice(["none", "checkerboard"]), default="checkerboard", show_default=True,
@@ -119,7 +120,16 @@ def train(ctx, data_dir, out, run_dir, lambdas, n_ch, m_ch, context, channel_gro
     else:
         if (run_dir / "last.pt").exists():
             raise VaecodecError(f"{run_dir} already holds a run; pass --resume or another --run-dir")
-        lam = tuple(float(x) for x in lambdas.split(",")) if lambdas else DEFAULT_LAMBDAS
+        from .train import init_lambdas, lambda_offset
+
+        old = init_lambdas(str(init)) if init else None
+        # a fine-tune keeps the λ set of the weights it starts from, or extends it at either end
+        lam = tuple(float(x) for x in lambdas.split(",")) if lambdas else tuple(old or DEFAULT_LAMBDAS)
+        if old and len(old) != len(lam):
+            try:
+                lambda_offset(old, lam)
+            except ValueError as exc:
+                raise VaecodecError(f"{exc} (give them all, or only new ones below or above)") from None
         groups = _groups(channel_groups, m_ch, context)
         try:
             ModelConfig(N=n_ch, M=m_ch, lambdas=lam, context=context, channel_groups=groups)

@@ -159,6 +159,18 @@ def training_history(state: dict) -> tuple[int, float]:
             float(state.get("elapsed_seconds", 0.0)) + float(tc.get("prior_seconds", 0.0)))
 
 
+def init_lambdas(path: str) -> list[float] | None:
+    """The lambda set of --init weights (a shipped model or a checkpoint), so a run started from them keeps it
+    unless told otherwise."""
+    if path.endswith(".safetensors"):
+        from .model_io import read_metadata
+
+        lams = json.loads(read_metadata(Path(path)).get("config", "{}")).get("lambdas")
+    else:
+        lams = torch.load(path, map_location="cpu", weights_only=True).get("model_config", {}).get("lambdas")
+    return [float(x) for x in lams] if lams else None
+
+
 def load_init_weights(model: GainedHyperprior, path: str) -> tuple[int, float]:
     """Start from a checkpoint (.pt) or a shipped model (.safetensors).
 
@@ -171,16 +183,14 @@ def load_init_weights(model: GainedHyperprior, path: str) -> tuple[int, float]:
         from .model_io import load_float_state, read_metadata
 
         weights = load_float_state(path)
-        meta = read_metadata(Path(path))
-        info = json.loads(meta.get("training", "{}"))
+        info = json.loads(read_metadata(Path(path)).get("training", "{}"))
         history = int(info.get("steps", 0)), float(info.get("train_seconds", 0.0))
-        init_lambdas = json.loads(meta.get("config", "{}")).get("lambdas")
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
         weights, history = state["model"], training_history(state)
-        init_lambdas = state.get("model_config", {}).get("lambdas")
-    if init_lambdas is not None and len(init_lambdas) != len(model.config.lambdas):
-        weights = extend_gain_levels(weights, [float(x) for x in init_lambdas], model.config.lambdas)
+    old = init_lambdas(path)
+    if old is not None and len(old) != len(model.config.lambdas):
+        weights = extend_gain_levels(weights, old, model.config.lambdas)
     missing, unexpected = model.load_state_dict(weights, strict=False)
     fresh = [k for k in missing if not k.startswith(("ctx.", "ctx_params.", "group_anchor.", "group_other."))]
     if fresh or unexpected:
@@ -188,15 +198,22 @@ def load_init_weights(model: GainedHyperprior, path: str) -> tuple[int, float]:
     return history
 
 
+def lambda_offset(old: list[float], new: tuple[float, ...]) -> int:
+    """Where the init weights' lambdas sit inside a longer set that extends them at either end (ValueError if
+    it does not)."""
+    k = next((i for i in range(len(new) - len(old) + 1)
+              if all(math.isclose(a, b, rel_tol=1e-6) for a, b in zip(new[i:i + len(old)], old, strict=True))), None)
+    if k is None or len(old) < 2:
+        raise ValueError(f"lambdas {list(new)} do not extend the init weights' lambdas {old} at either end")
+    return k
+
+
 def extend_gain_levels(weights: dict[str, torch.Tensor], old: list[float], new: tuple[float, ...]) -> dict:
     """Gains for a lambda set that extends the init weights' set at either end (e.g. lower lambdas, so that the
     lowest qualities become trained instead of extrapolated). Each new level starts at the log-linear
     extrapolation that the old model used at that position, so the extended model codes exactly as before at
     every quality until training moves the new levels."""
-    k = next((i for i in range(len(new) - len(old) + 1)
-              if all(math.isclose(a, b, rel_tol=1e-6) for a, b in zip(new[i:i + len(old)], old, strict=True))), None)
-    if k is None or len(old) < 2:
-        raise ValueError(f"lambdas {list(new)} do not extend the init weights' lambdas {old} at either end")
+    k = lambda_offset(old, new)
     weights = dict(weights)
     for key in ("log_gain", "log_inv_gain"):
         lg = weights[key]
