@@ -165,9 +165,13 @@ def init_lambdas(path: str) -> list[float] | None:
     if path.endswith(".safetensors"):
         from .model_io import read_metadata
 
-        lams = json.loads(read_metadata(Path(path)).get("config", "{}")).get("lambdas")
-    else:
-        lams = torch.load(path, map_location="cpu", weights_only=True).get("model_config", {}).get("lambdas")
+        return _lambdas_of(json.loads(read_metadata(Path(path)).get("config", "{}")))
+    # mmap: only the small config is read, not the whole checkpoint
+    return _lambdas_of(torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("model_config", {}))
+
+
+def _lambdas_of(model_config: dict) -> list[float] | None:
+    lams = model_config.get("lambdas")
     return [float(x) for x in lams] if lams else None
 
 
@@ -183,12 +187,14 @@ def load_init_weights(model: GainedHyperprior, path: str) -> tuple[int, float]:
         from .model_io import load_float_state, read_metadata
 
         weights = load_float_state(path)
-        info = json.loads(read_metadata(Path(path)).get("training", "{}"))
+        meta = read_metadata(Path(path))
+        info = json.loads(meta.get("training", "{}"))
         history = int(info.get("steps", 0)), float(info.get("train_seconds", 0.0))
+        old = _lambdas_of(json.loads(meta.get("config", "{}")))
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
         weights, history = state["model"], training_history(state)
-    old = init_lambdas(path)
+        old = _lambdas_of(state.get("model_config", {}))
     if old is not None and len(old) != len(model.config.lambdas):
         weights = extend_gain_levels(weights, old, model.config.lambdas)
     missing, unexpected = model.load_state_dict(weights, strict=False)
