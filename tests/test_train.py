@@ -309,6 +309,21 @@ def test_fine_tuning_keeps_or_extends_the_init_models_lambdas(image_dir, tmp_pat
         assert r.exit_code == 0, r.output
         state = torch.load(tmp_path / run / "last.pt", weights_only=False)
         assert state["model_config"]["lambdas"] == want
+        # the quality scale follows: -2 (a fresh run's) stays, one level added below moves it up to -1
+        assert state["model_config"]["lowest_position"] == {"keep": -2.0, "extend": -1.0}[run]
     r = CliRunner().invoke(main, ["train", str(image_dir), "--run-dir", str(tmp_path / "bad"), "--steps", "1",
                                   "--init", init, *no_lambdas, "--lambdas", "0.001,0.003,0.05"])
     assert r.exit_code == 1 and "do not extend" in r.output
+
+
+def test_a_fine_tune_keeps_the_quality_scale_of_its_init_weights():
+    from vaecodec.network import DEFAULT_LOWEST_POSITION
+    from vaecodec.train import inherited_lowest_position
+
+    ten = {"lambdas": [0.1] * 10, "lowest_position": 0.0}
+    assert inherited_lowest_position(ten, 0) == 0.0  # the shipped 10-λ hp2 stays at 0, not a fresh run's -2
+    assert inherited_lowest_position({**ten, "lowest_position": -2.0}, 2) == 0.0  # 8 λ at -2, two added below
+    assert inherited_lowest_position({**ten, "lowest_position": -2.0}, 3) == 0.0  # never above the lowest level
+    assert inherited_lowest_position({**ten, "lowest_position": -2.0}, 1) == -1.0
+    assert inherited_lowest_position({"lambdas": [0.1, 0.2]}, 0) == 0.0  # files from before the field
+    assert inherited_lowest_position({}, 0) == DEFAULT_LOWEST_POSITION

@@ -120,23 +120,29 @@ def train(ctx, data_dir, out, run_dir, lambdas, n_ch, m_ch, context, channel_gro
     else:
         if (run_dir / "last.pt").exists():
             raise VaecodecError(f"{run_dir} already holds a run; pass --resume or another --run-dir")
-        from .train import init_lambdas, lambda_offset
+        from .network import DEFAULT_LOWEST_POSITION
+        from .train import inherited_lowest_position, init_model_config, lambda_offset, lambdas_of
 
-        old = init_lambdas(str(init)) if init else None
-        # a fine-tune keeps the λ set of the weights it starts from, or extends it at either end
+        init_config = init_model_config(str(init)) if init else {}
+        old = lambdas_of(init_config)
+        # a fine-tune keeps the λ set of the weights it starts from, or extends it at either end, and keeps
+        # their quality scale
         lam = tuple(float(x) for x in lambdas.split(",")) if lambdas else tuple(old or DEFAULT_LAMBDAS)
+        offset = 0
         if old and len(old) != len(lam):
             try:
-                lambda_offset(old, lam)
+                offset = lambda_offset(old, lam)
             except ValueError as exc:
                 raise VaecodecError(f"{exc} (give them all, or only new ones below or above)") from None
+        lowest = inherited_lowest_position(init_config, offset) if init else DEFAULT_LOWEST_POSITION
         groups = _groups(channel_groups, m_ch, context)
         try:
-            ModelConfig(N=n_ch, M=m_ch, lambdas=lam, context=context, channel_groups=groups)
+            ModelConfig(N=n_ch, M=m_ch, lambdas=lam, context=context, channel_groups=groups, lowest_position=lowest)
         except ValueError as exc:
             raise VaecodecError(str(exc)) from None
         cfg = TrainConfig(data_dir=str(data_dir), run_dir=str(run_dir), N=n_ch, M=m_ch, lambdas=lam,
-                          context=context, channel_groups=groups, init=str(init) if init else None, **opts)
+                          context=context, channel_groups=groups, lowest_position=lowest,
+                          init=str(init) if init else None, **opts)
     if not Path(cfg.data_dir).is_dir():
         raise VaecodecError(f"{cfg.data_dir}: training folder not found")
     ckpt, stopped = run_training(cfg, resume=resume, max_seconds=max_time)
@@ -190,11 +196,9 @@ def _export(ckpts: list[Path], out: Path, name: str, half: bool, lowest_position
     import torch
 
     from .model_io import export_model
-    from .network import DEFAULT_LOWEST_POSITION, GainedHyperprior, ModelConfig
+    from .network import GainedHyperprior, ModelConfig
     from .train import training_history
 
-    if lowest_position is None:
-        lowest_position = DEFAULT_LOWEST_POSITION
     paths = [c / "last.pt" if c.is_dir() else c for c in ckpts]
     for c in paths:
         if not c.is_file():
@@ -203,7 +207,9 @@ def _export(ckpts: list[Path], out: Path, name: str, half: bool, lowest_position
     for c in paths:
         try:
             state = torch.load(c, map_location="cpu", weights_only=False)
-            config = dataclasses.replace(ModelConfig.from_dict(state["model_config"]), lowest_position=lowest_position)
+            config = ModelConfig.from_dict(state["model_config"])
+            if lowest_position is not None:  # else the run's own quality scale
+                config = dataclasses.replace(config, lowest_position=lowest_position)
         except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as e:
             raise VaecodecError(f"{c}: not a vaecodec training checkpoint ({type(e).__name__})") from None
         if model is None:
@@ -247,9 +253,10 @@ def _export(ckpts: list[Path], out: Path, name: str, half: bool, lowest_position
               help="Model file to write (NAME.safetensors; a NAME.json card goes beside it).")
 @click.option("--name", help="Model name stored in .vae files (default: the output's stem).")
 @click.option("--fp32", is_flag=True, help="Keep transform weights in float32 instead of float16.")
-@click.option("--lowest-position", type=click.FloatRange(-4, 0), default=-2.0, show_default=True,  # network.py's
+@click.option("--lowest-position", type=click.FloatRange(-4, 0),
               help="Position among the trained lambdas that quality 1 maps to; below 0 extrapolates the gains "
-                   "to lower rates than were trained.")
+                   "to lower rates than were trained. [default: the run's own: that of its --init weights, "
+                   "moved up by the levels added below them, else -2]")
 @click.option("--ema/--no-ema", "use_ema", default=True, show_default=True,
               help="Ship the run's moving average of the weights (if it kept one) rather than the last step's.")
 @click.option("-f", "--force", is_flag=True, help="Replace an existing model file.")

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from .data import CropSampler, list_images, load_images, split_images
 from .metrics import bd_rate
-from .network import DEFAULT_LAMBDAS, GainedHyperprior, ModelConfig
+from .network import DEFAULT_LAMBDAS, DEFAULT_LOWEST_POSITION, GainedHyperprior, ModelConfig
 
 
 @dataclass
@@ -50,6 +50,7 @@ class TrainConfig:
     lambdas: tuple[float, ...] = field(default=DEFAULT_LAMBDAS)
     context: str = "none"  # see ModelConfig.context
     channel_groups: tuple[int, ...] = ()  # see ModelConfig.channel_groups
+    lowest_position: float = DEFAULT_LOWEST_POSITION  # see ModelConfig; a fine-tune inherits its init's scale
     init: str | None = None  # weights to start from (checkpoint or shipped model)
     prior_steps: int = 0  # training the --init weights had already had (counted in exported cards)
     prior_seconds: float = 0.0
@@ -159,18 +160,27 @@ def training_history(state: dict) -> tuple[int, float]:
             float(state.get("elapsed_seconds", 0.0)) + float(tc.get("prior_seconds", 0.0)))
 
 
-def init_lambdas(path: str) -> list[float] | None:
-    """The lambda set of --init weights (a shipped model or a checkpoint), so a run started from them keeps it
-    unless told otherwise."""
+def init_model_config(path: str) -> dict:
+    """The network config stored with --init weights (a shipped model or a checkpoint), read without loading
+    the weights, so a run started from them keeps their lambda set and quality scale unless told otherwise."""
     if path.endswith(".safetensors"):
         from .model_io import read_metadata
 
-        return _lambdas_of(json.loads(read_metadata(Path(path)).get("config", "{}")))
+        return json.loads(read_metadata(Path(path)).get("config", "{}"))
     # mmap: only the small config is read, not the whole checkpoint
-    return _lambdas_of(torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("model_config", {}))
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("model_config", {})
 
 
-def _lambdas_of(model_config: dict) -> list[float] | None:
+def inherited_lowest_position(init_config: dict, offset: int) -> float:
+    """Where quality 1 sits in a run started from init weights: at the same rate as in those weights, so that a
+    fine-tune keeps the quality scale. Each level added below the old lowest moves it up one position, but
+    never above 0, so that every trained level stays reachable."""
+    if not init_config:
+        return DEFAULT_LOWEST_POSITION
+    return min(float(init_config.get("lowest_position", 0.0)) + offset, 0.0)  # no field: old files, first λ
+
+
+def lambdas_of(model_config: dict) -> list[float] | None:
     lams = model_config.get("lambdas")
     return [float(x) for x in lams] if lams else None
 
@@ -190,11 +200,11 @@ def load_init_weights(model: GainedHyperprior, path: str) -> tuple[int, float]:
         meta = read_metadata(Path(path))
         info = json.loads(meta.get("training", "{}"))
         history = int(info.get("steps", 0)), float(info.get("train_seconds", 0.0))
-        old = _lambdas_of(json.loads(meta.get("config", "{}")))
+        old = lambdas_of(json.loads(meta.get("config", "{}")))
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
         weights, history = state["model"], training_history(state)
-        old = _lambdas_of(state.get("model_config", {}))
+        old = lambdas_of(state.get("model_config", {}))
     if old is not None and len(old) != len(model.config.lambdas):
         weights = extend_gain_levels(weights, old, model.config.lambdas)
     missing, unexpected = model.load_state_dict(weights, strict=False)
@@ -346,7 +356,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_seconds: float | None = No
         model_cfg = ModelConfig.from_dict(state["model_config"])
     else:
         model_cfg = ModelConfig(N=cfg.N, M=cfg.M, lambdas=tuple(cfg.lambdas), context=cfg.context,
-                                channel_groups=tuple(cfg.channel_groups))
+                                channel_groups=tuple(cfg.channel_groups), lowest_position=cfg.lowest_position)
     model = GainedHyperprior(model_cfg).to(device)
     if state is None and cfg.init:
         cfg.prior_steps, cfg.prior_seconds = load_init_weights(model, cfg.init)
