@@ -327,3 +327,12 @@ def test_a_fine_tune_keeps_the_quality_scale_of_its_init_weights():
     assert inherited_lowest_position({**ten, "lowest_position": -2.0}, 1) == -1.0
     assert inherited_lowest_position({"lambdas": [0.1, 0.2]}, 0) == 0.0  # files from before the field
     assert inherited_lowest_position({}, 0) == DEFAULT_LOWEST_POSITION
+
+
+@pytest.mark.parametrize("name", ["junk.pt", "junk.safetensors"])
+def test_a_foreign_init_file_is_a_one_line_error(image_dir, tmp_path, name):
+    bad = tmp_path / name
+    bad.write_bytes(b"not weights")
+    r = CliRunner().invoke(main, ["train", str(image_dir), "--run-dir", str(tmp_path / "run"), "--init", str(bad)])
+    assert r.exit_code == 1 and "not a vaecodec model or training checkpoint" in r.output
+    assert "Traceback" not in r.output and not (tmp_path / "run" / "last.pt").exists()

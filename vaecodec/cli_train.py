@@ -123,7 +123,11 @@ def train(ctx, data_dir, out, run_dir, lambdas, n_ch, m_ch, context, channel_gro
         from .network import DEFAULT_LOWEST_POSITION
         from .train import inherited_lowest_position, init_model_config, lambda_offset, lambdas_of
 
-        init_config = init_model_config(str(init)) if init else {}
+        try:
+            init_config = init_model_config(str(init)) if init else {}
+        except Exception as exc:  # torch, safetensors and json each raise their own kinds for a foreign file
+            raise VaecodecError(f"--init {init}: not a vaecodec model or training checkpoint "
+                                f"({type(exc).__name__})") from None
         old = lambdas_of(init_config)
         # a fine-tune keeps the λ set of the weights it starts from, or extends it at either end, and keeps
         # their quality scale
