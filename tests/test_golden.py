@@ -27,3 +27,11 @@ def test_golden_file_decodes_to_the_recorded_symbols(shipped_codec):
     src = np.asarray(Image.open(SAMPLE).convert("RGB"))[200:264, 300:380].astype(np.float64)
     psnr = 10 * np.log10(255.0**2 / np.mean((out.astype(np.float64) - src) ** 2))
     assert abs(psnr - expected["decoded_psnr"]) < 0.05
+
+
+def test_the_shipped_model_carries_its_own_name(shipped_codec):
+    """.vae files record the model's name, and errors and `vaecodec info` show it: a candidate exported under
+    another name (e.g. c20_ema) must be re-exported with --name before it ships."""
+    card = json.loads((Path(__file__).resolve().parent.parent / "models" / f"{DEFAULT_MODEL_NAME}.json").read_text())
+    assert shipped_codec.model.name == DEFAULT_MODEL_NAME == card["name"]
+    assert card["fingerprint"].startswith(shipped_codec.model.fingerprint[:16])
