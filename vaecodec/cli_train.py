@@ -120,7 +120,6 @@ def train(ctx, data_dir, out, run_dir, lambdas, n_ch, m_ch, context, channel_gro
     else:
         if (run_dir / "last.pt").exists():
             raise VaecodecError(f"{run_dir} already holds a run; pass --resume or another --run-dir")
-        from .network import DEFAULT_LOWEST_POSITION
         from .train import inherited_lowest_position, init_model_config, lambda_offset, lambdas_of
 
         try:
@@ -138,7 +137,7 @@ def train(ctx, data_dir, out, run_dir, lambdas, n_ch, m_ch, context, channel_gro
                 offset = lambda_offset(old, lam)
             except ValueError as exc:
                 raise VaecodecError(f"{exc} (give them all, or only new ones below or above)") from None
-        lowest = inherited_lowest_position(init_config, offset) if init else DEFAULT_LOWEST_POSITION
+        lowest = inherited_lowest_position(init_config, offset)  # without --init: a fresh run's default
         groups = _groups(channel_groups, m_ch, context)
         try:
             ModelConfig(N=n_ch, M=m_ch, lambdas=lam, context=context, channel_groups=groups, lowest_position=lowest)
