@@ -336,3 +336,41 @@ def test_a_foreign_init_file_is_a_one_line_error(image_dir, tmp_path, name):
     r = CliRunner().invoke(main, ["train", str(image_dir), "--run-dir", str(tmp_path / "run"), "--init", str(bad)])
     assert r.exit_code == 1 and "not a vaecodec model or training checkpoint" in r.output
     assert "Traceback" not in r.output and not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_level_balance_gives_every_level_the_same_pull():
+    from vaecodec.train import LevelBalance
+
+    bal = LevelBalance(3)
+    level = torch.tensor([0, 0, 1, 1])
+    losses = torch.tensor([0.1, 0.3, 2.0, 4.0])  # level means 0.2 and 3.0; level 2 not seen yet
+    w = bal.weights(level, losses)
+    assert torch.allclose(w[:2], w[:2].mean()) and torch.allclose(w[2:], w[2:].mean())  # per level, not per image
+    assert torch.isclose(w[0] * 0.2, w[2] * 3.0)  # weight x level mean: equal
+    assert torch.isclose((w[0] + w[2]) / 2, torch.tensor(1.0))  # the seen levels' weights average 1
+    assert torch.isnan(bal.state_dict()[2])
+    w2 = bal.weights(torch.tensor([0]), torch.tensor([1.2]))  # a running mean: 0.99 * 0.2 + 0.01 * 1.2
+    assert torch.isclose(bal.state_dict()[0], torch.tensor(0.21))
+    assert torch.isclose(LevelBalance(3, state=bal.state_dict()).weights(torch.tensor([0]), torch.tensor([0.21]))[0],
+                         w2[0], rtol=1e-3)  # restored from a checkpoint, it carries on
+
+
+def test_balanced_levels_train_differently_and_resume_with_their_means(image_dir, tmp_path):
+    runs = {}
+    for flag in ("--no-balance-levels", "--balance-levels"):
+        run_dir = tmp_path / flag
+        r = CliRunner().invoke(main, ["train", str(image_dir), "--run-dir", str(run_dir), "--steps", "2", flag,
+                                      *TINY])
+        assert r.exit_code == 0, r.output
+        runs[flag] = torch.load(run_dir / "last.pt", weights_only=False)
+    plain, balanced = runs["--no-balance-levels"], runs["--balance-levels"]
+    assert "level_balance" not in plain and balanced["train_config"]["balance_levels"]
+    means = balanced["level_balance"]
+    assert means.shape == (2,) and torch.isfinite(means[~means.isnan()]).all() and not means.isnan().all()
+    assert not torch.allclose(plain["model"]["g_a.0.weight"], balanced["model"]["g_a.0.weight"])
+    run_dir = tmp_path / "--balance-levels"
+    r = CliRunner().invoke(main, ["train", str(image_dir), "--run-dir", str(run_dir), "--steps", "4", "--resume"])
+    assert r.exit_code == 0, r.output
+    resumed = torch.load(run_dir / "last.pt", weights_only=False)
+    assert resumed["train_config"]["balance_levels"] and not torch.equal(
+        resumed["level_balance"].nan_to_num(), means.nan_to_num())

@@ -40,7 +40,7 @@ class Duration(click.ParamType):
 DURATION = Duration()
 
 TRAIN_OPTIONS = ("steps", "batch_size", "crop", "lr", "warmup", "lr_drop_step", "seed", "workers",
-                 "val_every", "ckpt_every", "log_every", "device", "compile", "ema")
+                 "val_every", "ckpt_every", "log_every", "device", "compile", "ema", "balance_levels")
 
 
 @click.command()
@@ -56,6 +56,10 @@ TRAIN_OPTIONS = ("steps", "batch_size", "crop", "lr", "warmup", "lr_drop_step", 
               help="Multiply the learning rate by 0.1 from this step on (0: never).")
 @click.option("--ema", type=click.FloatRange(0, 1, max_open=True), default=0.999, show_default=True,
               help="Decay of the weight average that export ships (0: ship the raw weights).")
+@click.option("--balance-levels/--no-balance-levels", default=False, show_default=True,
+              help="Weight each lambda level's loss by the inverse of its running mean, so that the low-rate "
+                   "levels pull the shared weights as much as the high-rate ones (relative gains count equally, "
+                   "as in BD-rate).")
 @click.option("--lambdas", help="Comma-separated trade-offs (default: those of --init, else 8 values from 0.0018 "
                                 "to 0.18).")
 @click.option("--N", "n_ch", type=click.IntRange(8), default=128, show_default=True, help="Transform width.")

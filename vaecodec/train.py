@@ -54,6 +54,7 @@ class TrainConfig:
     init: str | None = None  # weights to start from (checkpoint or shipped model)
     prior_steps: int = 0  # training the --init weights had already had (counted in exported cards)
     prior_seconds: float = 0.0
+    balance_levels: bool = False  # weight each lambda level's loss by 1/(its running mean): see LevelBalance
 
 
 def cpu_has_native_bf16() -> bool:
@@ -72,13 +73,42 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 
 
 def rd_loss(out: dict, x: torch.Tensor, lam: torch.Tensor) -> dict:
+    """Rate-distortion loss: its batch mean (`loss`, what the log reports) and each sample's (`per_sample`)."""
     num_px = x.shape[2] * x.shape[3]
     bits_y = -torch.log2(out["y_lik"]).flatten(1).sum(1)
     bits_z = -torch.log2(out["z_lik"]).flatten(1).sum(1)
     bpp = (bits_y + bits_z) / num_px
     mse = (out["x_hat"] - x).pow(2).flatten(1).mean(1)
-    loss = (bpp + lam * 255.0**2 * mse).mean()
-    return {"loss": loss, "bpp": bpp.mean(), "mse": mse.mean()}
+    per_sample = bpp + lam * 255.0**2 * mse
+    return {"loss": per_sample.mean(), "per_sample": per_sample, "bpp": bpp.mean(), "mse": mse.mean()}
+
+
+class LevelBalance:
+    """Per-sample loss weights that give every lambda level the same pull on the shared weights.
+
+    A plain sum of R + lambda*D lets the highest levels, whose losses are about 20x the lowest ones', set the
+    direction of the shared transforms. Dividing each level's loss by its running mean makes the gradient that
+    of the sum of log losses: a relative improvement counts the same at every level, as it does in BD-rate.
+    The weights average 1 over the levels, so the loss keeps its scale."""
+
+    def __init__(self, levels: int, decay: float = 0.99, state: torch.Tensor | None = None):
+        self.decay = decay
+        self.mean = torch.full((levels,), float("nan")) if state is None else state.detach().clone().float()
+
+    @torch.no_grad()
+    def weights(self, level: torch.Tensor, per_sample: torch.Tensor) -> torch.Tensor:
+        """Update the running means with this batch's losses, then weigh its samples (on per_sample's device)."""
+        level, losses = level.cpu(), per_sample.detach().float().cpu()
+        for lv in level.unique().tolist():
+            batch_mean = float(losses[level == lv].mean())
+            old = float(self.mean[lv])
+            self.mean[lv] = batch_mean if math.isnan(old) else self.decay * old + (1 - self.decay) * batch_mean
+        inverse = 1.0 / self.mean.clamp_min(1e-6)
+        w = inverse[level] / inverse[~inverse.isnan()].mean()  # weight x level mean: the same for every level
+        return w.to(per_sample.device, per_sample.dtype)
+
+    def state_dict(self) -> torch.Tensor:
+        return self.mean.clone()
 
 
 def _distributed() -> tuple[int, int]:
@@ -95,7 +125,7 @@ def checkpoint_path(run_dir: str | Path) -> Path:
 
 
 def save_checkpoint(path: Path, model, optimizer, step: int, cfg: TrainConfig, elapsed: float, gen,
-                    ema: WeightAverage | None = None) -> None:
+                    ema: WeightAverage | None = None, balance: LevelBalance | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(
@@ -107,6 +137,7 @@ def save_checkpoint(path: Path, model, optimizer, step: int, cfg: TrainConfig, e
             "train_config": asdict(cfg),
             "model_config": model.config.to_dict(),
             "elapsed_seconds": elapsed,
+            **({"level_balance": balance.state_dict()} if balance else {}),
             "sampler_rng": gen.get_state(),
             "torch_rng": torch.get_rng_state(),
         },
@@ -378,6 +409,9 @@ def train(cfg: TrainConfig, resume: bool = False, max_seconds: float | None = No
     if cfg.ema > 0:
         saved = state.get("ema") if state else None  # runs from before the average start it here
         ema = WeightAverage(model, cfg.ema, saved, int(state.get("ema_steps", 0)) if saved else 0)
+    balance = None
+    if cfg.balance_levels:
+        balance = LevelBalance(len(model_cfg.lambdas), state=state.get("level_balance") if state else None)
 
     paths = list_images(cfg.data_dir)
     train_paths, val_paths = split_images(paths, cfg.val_percent)
@@ -421,6 +455,8 @@ def train(cfg: TrainConfig, resume: bool = False, max_seconds: float | None = No
             level = torch.randint(0, L, (cfg.batch_size,), generator=gen)
             out = net(x, level.to(device), autocast=autocast)
             terms = rd_loss(out, x, lambdas[level].to(device))
+            if balance:
+                terms["loss"] = (balance.weights(level, terms["per_sample"]) * terms["per_sample"]).mean()
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
             if cfg.clip_grad:
@@ -429,8 +465,9 @@ def train(cfg: TrainConfig, resume: bool = False, max_seconds: float | None = No
             if ema:
                 ema.update()
             step += 1
-            for k in ("loss", "bpp", "mse"):
+            for k in ("bpp", "mse"):
                 acc[k] += float(terms[k].detach())
+            acc["loss"] += float(terms["per_sample"].detach().mean())  # the plain loss, balanced or not
             acc["n"] += 1
             if rank != 0:
                 if step < cfg.steps and stop.due():
@@ -464,7 +501,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_seconds: float | None = No
                 now = time.time()
                 elapsed, t_last = elapsed + now - t_last, now
             if step % cfg.ckpt_every == 0 or step == cfg.steps or stopping:
-                save_checkpoint(ckpt_file, model, optimizer, step, cfg, elapsed, gen, ema)
+                save_checkpoint(ckpt_file, model, optimizer, step, cfg, elapsed, gen, ema, balance)
             if stopping:
                 stopped = stop.reason
                 log.write(json.dumps({"step": step, "stopped": stopped}) + "\n")
