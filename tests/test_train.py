@@ -346,8 +346,8 @@ def test_level_balance_gives_every_level_the_same_pull():
     losses = torch.tensor([0.1, 0.3, 2.0, 4.0])  # level means 0.2 and 3.0; level 2 not seen yet
     w = bal.weights(level, losses)
     assert torch.allclose(w[:2], w[:2].mean()) and torch.allclose(w[2:], w[2:].mean())  # per level, not per image
-    assert torch.isclose(w[0] * 0.2, w[2] * 3.0)  # weight x level mean: equal
-    assert torch.isclose((w[0] + w[2]) / 2, torch.tensor(1.0))  # the seen levels' weights average 1
+    assert torch.isclose(w[0] * 0.2, torch.tensor(1.6)) and torch.isclose(w[2] * 3.0, torch.tensor(1.6))
+    # weight x level mean: the same for every level, the mean of the seen levels' means (the loss keeps its scale)
     assert torch.isnan(bal.state_dict()[2])
     w2 = bal.weights(torch.tensor([0]), torch.tensor([1.2]))  # a running mean: 0.99 * 0.2 + 0.01 * 1.2
     assert torch.isclose(bal.state_dict()[0], torch.tensor(0.21))
@@ -368,9 +368,35 @@ def test_balanced_levels_train_differently_and_resume_with_their_means(image_dir
     means = balanced["level_balance"]
     assert means.shape == (2,) and torch.isfinite(means[~means.isnan()]).all() and not means.isnan().all()
     assert not torch.allclose(plain["model"]["g_a.0.weight"], balanced["model"]["g_a.0.weight"])
-    run_dir = tmp_path / "--balance-levels"
-    r = CliRunner().invoke(main, ["train", str(image_dir), "--run-dir", str(run_dir), "--steps", "4", "--resume"])
+    # resumed, the run carries on from its saved means: exactly as a run that never stopped
+    r = CliRunner().invoke(main, ["train", str(image_dir), "--run-dir", str(tmp_path / "--balance-levels"),
+                                  "--steps", "4", "--resume", "--no-bf16"])
     assert r.exit_code == 0, r.output
-    resumed = torch.load(run_dir / "last.pt", weights_only=False)
-    assert resumed["train_config"]["balance_levels"] and not torch.equal(
-        resumed["level_balance"].nan_to_num(), means.nan_to_num())
+    straight = tmp_path / "straight"
+    r = CliRunner().invoke(main, ["train", str(image_dir), "--run-dir", str(straight), "--steps", "4",
+                                  "--balance-levels", *TINY])
+    assert r.exit_code == 0, r.output
+    resumed = torch.load(tmp_path / "--balance-levels" / "last.pt", weights_only=False)
+    assert torch.allclose(resumed["level_balance"], torch.load(straight / "last.pt", weights_only=False)[
+        "level_balance"], equal_nan=True)
+    # a plain run can switch balancing on when it resumes
+    r = CliRunner().invoke(main, ["train", str(image_dir), "--run-dir", str(tmp_path / "--no-balance-levels"),
+                                  "--steps", "3", "--resume", "--balance-levels"])
+    assert r.exit_code == 0, r.output
+    switched = torch.load(tmp_path / "--no-balance-levels" / "last.pt", weights_only=False)
+    assert switched["train_config"]["balance_levels"] and not switched["level_balance"].isnan().all()
+
+
+def test_the_log_reports_the_plain_loss_when_levels_are_balanced(image_dir, tmp_path, monkeypatch):
+    from vaecodec.train import LevelBalance
+
+    monkeypatch.setattr(LevelBalance, "weights", lambda self, level, per_sample: torch.full_like(per_sample, 2.0))
+    first = {}
+    for flag in ("--no-balance-levels", "--balance-levels"):
+        run_dir = tmp_path / flag
+        r = CliRunner().invoke(main, ["train", str(image_dir), "--run-dir", str(run_dir), "--steps", "1", flag,
+                                      *TINY, "--log-every", "1"])
+        assert r.exit_code == 0, r.output
+        lines = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines()]
+        first[flag] = next(x["loss"] for x in lines if "loss" in x)
+    assert first["--balance-levels"] == pytest.approx(first["--no-balance-levels"], rel=1e-6)

@@ -39,7 +39,9 @@ def write_card(model_file: Path, report: dict, data: str, report_path: Path) -> 
         f"- Data: {data}; Kodak was never used for training or model selection",
         f"- Training: {training.get('steps', '?')} steps in all (including those of the weights it was started "
         f"from); the last run: batch {tc.get('batch_size', '?')} × {tc.get('crop', '?')}² crops, Adam lr "
-        f"{tc.get('lr', '?')}; loss bpp + λ·255²·MSE with λ drawn per sample; "
+        f"{tc.get('lr', '?')}; loss bpp + λ·255²·MSE with λ drawn per sample"
+        + (", each level's loss divided by its running mean (--balance-levels)" if tc.get("balance_levels") else "")
+        + "; "
         f"{training.get('train_seconds', 0) / 3600:.2f} h wall-clock on 2 CPU cores (torch.compile; "
         "bf16 autocast where the CPU has native bf16, else fp32)"
         + (f"; shipped weights: {training['weights']}" if training.get("weights") else ""),

@@ -89,7 +89,7 @@ class LevelBalance:
     A plain sum of R + lambda*D lets the highest levels, whose losses are about 20x the lowest ones', set the
     direction of the shared transforms. Dividing each level's loss by its running mean makes the gradient that
     of the sum of log losses: a relative improvement counts the same at every level, as it does in BD-rate.
-    The weights average 1 over the levels, so the loss keeps its scale."""
+    Weight x level mean is the mean of the level means, so the weighted loss keeps the plain loss's scale."""
 
     def __init__(self, levels: int, decay: float = 0.99, state: torch.Tensor | None = None):
         self.decay = decay
@@ -103,8 +103,7 @@ class LevelBalance:
             batch_mean = float(losses[level == lv].mean())
             old = float(self.mean[lv])
             self.mean[lv] = batch_mean if math.isnan(old) else self.decay * old + (1 - self.decay) * batch_mean
-        inverse = 1.0 / self.mean.clamp_min(1e-6)
-        w = inverse[level] / inverse[~inverse.isnan()].mean()  # weight x level mean: the same for every level
+        w = self.mean[~self.mean.isnan()].mean() / self.mean[level].clamp_min(1e-6)
         return w.to(per_sample.device, per_sample.dtype)
 
     def state_dict(self) -> torch.Tensor:
