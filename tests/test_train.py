@@ -400,3 +400,18 @@ def test_the_log_reports_the_plain_loss_when_levels_are_balanced(image_dir, tmp_
         lines = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines()]
         first[flag] = next(x["loss"] for x in lines if "loss" in x)
     assert first["--balance-levels"] == pytest.approx(first["--no-balance-levels"], rel=1e-6)
+
+
+def test_the_card_of_a_balanced_run_says_so(image_dir, tmp_path):
+    run_dir, model = tmp_path / "run", tmp_path / "bal.safetensors"
+    r = CliRunner().invoke(main, ["train", str(image_dir), "--run-dir", str(run_dir), "--steps", "2",
+                                  "--balance-levels", *TINY])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["export", str(run_dir / "last.pt"), "-o", str(model)])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["eval", str(image_dir), "--qualities", "50", "--compare", "", "--json",
+                                  str(tmp_path / "r.json"), "-m", str(model)])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["card", str(model), "--eval", str(tmp_path / "r.json")])
+    assert r.exit_code == 0, r.output
+    assert "divided by its running mean (--balance-levels)" in model.with_suffix(".md").read_text()
