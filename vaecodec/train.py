@@ -1,6 +1,7 @@
 """Rate-distortion training of the variable-rate model, resumable at any step and DDP-ready.
 
-Loss per sample: bpp + lambda * 255^2 * MSE, with the lambda index drawn per sample from the trained set.
+Loss per sample: bpp + lambda * 255^2 * MSE, with the lambda index drawn per sample from the trained set
+(optionally each level's loss divided by its running mean: LevelBalance).
 Checkpoints (model + optimizer + RNG + step) go to a run folder outside git; `vaecodec export` turns one
 into the shipped artefacts.
 """
