@@ -405,7 +405,7 @@ def test_the_log_reports_the_plain_loss_when_levels_are_balanced(image_dir, tmp_
 def test_the_card_of_a_balanced_run_says_so(image_dir, tmp_path):
     run_dir, model = tmp_path / "run", tmp_path / "bal.safetensors"
     r = CliRunner().invoke(main, ["train", str(image_dir), "--run-dir", str(run_dir), "--steps", "2",
-                                  "--balance-levels", *TINY])
+                                  "--balance-levels", "--level-weights", "1,2.5", *TINY])
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(main, ["export", str(run_dir / "last.pt"), "-o", str(model)])
     assert r.exit_code == 0, r.output
@@ -414,4 +414,44 @@ def test_the_card_of_a_balanced_run_says_so(image_dir, tmp_path):
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(main, ["card", str(model), "--eval", str(tmp_path / "r.json")])
     assert r.exit_code == 0, r.output
-    assert "divided by its running mean (--balance-levels)" in model.with_suffix(".md").read_text()
+    card = model.with_suffix(".md").read_text()
+    assert "divided by its running mean (--balance-levels)" in card
+    assert "levels drawn with relative weights 1, 2.5 (--level-weights)" in card
+
+
+def test_level_sampler_draws_levels_in_proportion_to_their_weights():
+    from vaecodec.train import level_sampler
+
+    draws = level_sampler((3.0, 1.0, 0.0), 3, torch.Generator().manual_seed(0))(8000)
+    counts = torch.bincount(draws, minlength=3).tolist()
+    assert counts[2] == 0 and abs(counts[0] / 8000 - 0.75) < 0.03 and abs(counts[1] / 8000 - 0.25) < 0.03
+    # uniform keeps the exact random stream of runs from before the option
+    uniform = level_sampler((), 3, torch.Generator().manual_seed(5))(16)
+    assert torch.equal(uniform, torch.randint(0, 3, (16,), generator=torch.Generator().manual_seed(5)))
+    with pytest.raises(ValueError, match="2 weights for 3"):
+        level_sampler((1.0, 2.0), 3, torch.Generator())
+
+
+def test_level_weights_steer_which_levels_train_and_can_change_on_resume(image_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    r = CliRunner().invoke(main, ["train", str(image_dir), "--run-dir", str(run_dir), "--steps", "3",
+                                  "--balance-levels", "--level-weights", "0,1", *TINY])
+    assert r.exit_code == 0, r.output
+    state = torch.load(run_dir / "last.pt", weights_only=False)
+    assert tuple(state["train_config"]["level_weights"]) == (0.0, 1.0)
+    means = state["level_balance"]
+    assert means[0].isnan() and means[1].isfinite()  # level 0 was never drawn, so it has no running mean yet
+    r = CliRunner().invoke(main, ["train", str(image_dir), "--run-dir", str(run_dir), "--steps", "8",
+                                  "--resume", "--level-weights", "uniform"])
+    assert r.exit_code == 0, r.output
+    state = torch.load(run_dir / "last.pt", weights_only=False)
+    assert tuple(state["train_config"]["level_weights"]) == () and state["level_balance"].isfinite().all()
+
+
+@pytest.mark.parametrize("weights, message", [("1,2,3", "3 weights for 2"), ("a,b", "comma-separated numbers"),
+                                              ("-1,2", "non-negative"), ("0,0", "not all zero")])
+def test_bad_level_weights_are_refused_before_training(image_dir, tmp_path, weights, message):
+    r = CliRunner().invoke(main, ["train", str(image_dir), "--run-dir", str(tmp_path / "run"), "--steps", "1",
+                                  "--level-weights", weights, *TINY])
+    assert r.exit_code != 0 and message in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "run" / "last.pt").exists()

@@ -40,7 +40,8 @@ class Duration(click.ParamType):
 DURATION = Duration()
 
 TRAIN_OPTIONS = ("steps", "batch_size", "crop", "lr", "warmup", "lr_drop_step", "seed", "workers",
-                 "val_every", "ckpt_every", "log_every", "device", "compile", "ema", "balance_levels")
+                 "val_every", "ckpt_every", "log_every", "device", "compile", "ema", "balance_levels",
+                 "level_weights")
 
 
 @click.command()
@@ -60,6 +61,9 @@ TRAIN_OPTIONS = ("steps", "batch_size", "crop", "lr", "warmup", "lr_drop_step", 
               help="Weight each lambda level's loss by the inverse of its running mean, so that the low-rate "
                    "levels pull the shared weights as much as the high-rate ones (relative gains count equally, "
                    "as in BD-rate).")
+@click.option("--level-weights", callback=lambda ctx, param, value: _level_weights(value), default="",
+              help="How often each λ level is drawn, relative, one number per level (e.g. 2,2,1,1,1,1,1,1,2,2 "
+                   "for twice the steps at both ends; default: uniform).")
 @click.option("--lambdas", help="Comma-separated trade-offs (default: those of --init, else 8 values from 0.0018 "
                                 "to 0.18).")
 @click.option("--N", "n_ch", type=click.IntRange(8), default=128, show_default=True, help="Transform width.")
@@ -150,6 +154,8 @@ def train(ctx, data_dir, out, run_dir, lambdas, n_ch, m_ch, context, channel_gro
         cfg = TrainConfig(data_dir=str(data_dir), run_dir=str(run_dir), N=n_ch, M=m_ch, lambdas=lam,
                           context=context, channel_groups=groups, lowest_position=lowest,
                           init=str(init) if init else None, **opts)
+    if cfg.level_weights and len(cfg.level_weights) != len(cfg.lambdas):
+        raise VaecodecError(f"--level-weights: {len(cfg.level_weights)} weights for {len(cfg.lambdas)} λ levels")
     if not Path(cfg.data_dir).is_dir():
         raise VaecodecError(f"{cfg.data_dir}: training folder not found")
     ckpt, stopped = run_training(cfg, resume=resume, max_seconds=max_time)
@@ -173,6 +179,22 @@ def _groups(text: str, m: int, context: str) -> tuple[int, ...]:
         return tuple(int(g) for g in text.split(","))
     except ValueError:
         raise VaecodecError(f"--channel-groups: expected comma-separated channel counts, got {text!r}") from None
+
+
+def _level_weights(text: str) -> tuple[float, ...]:
+    """`--level-weights` as numbers: empty or "uniform" for uniform sampling."""
+    import math
+
+    text = (text or "").strip().lower()
+    if text in ("", "uniform"):
+        return ()
+    try:
+        weights = tuple(float(w) for w in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}") from None
+    if not all(math.isfinite(w) and w >= 0 for w in weights) or not sum(weights) > 0:
+        raise click.BadParameter("weights must be non-negative numbers, not all zero")
+    return weights
 
 
 def _model_path(path: Path) -> Path:

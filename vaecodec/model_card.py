@@ -41,6 +41,8 @@ def write_card(model_file: Path, report: dict, data: str, report_path: Path) -> 
         f"from); the last run: batch {tc.get('batch_size', '?')} × {tc.get('crop', '?')}² crops, Adam lr "
         f"{tc.get('lr', '?')}; loss bpp + λ·255²·MSE with λ drawn per sample"
         + (", each level's loss divided by its running mean (--balance-levels)" if tc.get("balance_levels") else "")
+        + (f", levels drawn with relative weights {', '.join(f'{w:g}' for w in tc['level_weights'])} "
+           "(--level-weights)" if tc.get("level_weights") else "")
         + "; "
         f"{training.get('train_seconds', 0) / 3600:.2f} h wall-clock on 2 CPU cores (torch.compile; "
         "bf16 autocast where the CPU has native bf16, else fp32)"

@@ -56,6 +56,7 @@ class TrainConfig:
     prior_steps: int = 0  # training the --init weights had already had (counted in exported cards)
     prior_seconds: float = 0.0
     balance_levels: bool = False  # weight each lambda level's loss by 1/(its running mean): see LevelBalance
+    level_weights: tuple[float, ...] = ()  # how often each lambda level is drawn, relative; (): uniform
 
 
 def cpu_has_native_bf16() -> bool:
@@ -82,6 +83,19 @@ def rd_loss(out: dict, x: torch.Tensor, lam: torch.Tensor) -> dict:
     mse = (out["x_hat"] - x).pow(2).flatten(1).mean(1)
     per_sample = bpp + lam * 255.0**2 * mse
     return {"loss": per_sample.mean(), "per_sample": per_sample, "bpp": bpp.mean(), "mse": mse.mean()}
+
+
+def level_sampler(weights: tuple[float, ...], levels: int, gen: torch.Generator):
+    """Draws each sample's lambda level: uniformly, or in proportion to `weights` (one per level), e.g. to give
+    the extreme levels, whose curve trails most, more steps. Uniform keeps the sampler's old random stream."""
+    if not weights:
+        return lambda n: torch.randint(0, levels, (n,), generator=gen)
+    if len(weights) != levels:
+        raise ValueError(f"--level-weights gives {len(weights)} weights for {levels} lambda levels")
+    if not all(math.isfinite(w) and w >= 0 for w in weights) or not sum(weights) > 0:
+        raise ValueError("--level-weights must be non-negative numbers, not all zero")
+    probs = torch.tensor(weights, dtype=torch.float64)
+    return lambda n: torch.multinomial(probs, n, replacement=True, generator=gen)
 
 
 class LevelBalance:
@@ -412,6 +426,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_seconds: float | None = No
     balance = None
     if cfg.balance_levels:
         balance = LevelBalance(len(model_cfg.lambdas), state=state.get("level_balance") if state else None)
+    draw_levels = level_sampler(tuple(cfg.level_weights), len(model_cfg.lambdas), gen)
 
     paths = list_images(cfg.data_dir)
     train_paths, val_paths = split_images(paths, cfg.val_percent)
@@ -452,7 +467,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_seconds: float | None = No
             for g in optimizer.param_groups:
                 g["lr"] = lr_at(cfg, step)
             x = sampler.sample(cfg.batch_size).to(device).contiguous(memory_format=torch.channels_last)
-            level = torch.randint(0, L, (cfg.batch_size,), generator=gen)
+            level = draw_levels(cfg.batch_size)
             out = net(x, level.to(device), autocast=autocast)
             terms = rd_loss(out, x, lambdas[level].to(device))
             if balance:
