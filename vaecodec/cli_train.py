@@ -98,7 +98,7 @@ def train(ctx, data_dir, out, run_dir, lambdas, n_ch, m_ch, context, channel_gro
     import torch
 
     from .network import DEFAULT_LAMBDAS, ModelConfig
-    from .train import TrainConfig, checkpoint_path
+    from .train import TrainConfig, check_level_weights, checkpoint_path
     from .train import train as run_training
 
     name = out.stem if out else "model"
@@ -154,8 +154,10 @@ def train(ctx, data_dir, out, run_dir, lambdas, n_ch, m_ch, context, channel_gro
         cfg = TrainConfig(data_dir=str(data_dir), run_dir=str(run_dir), N=n_ch, M=m_ch, lambdas=lam,
                           context=context, channel_groups=groups, lowest_position=lowest,
                           init=str(init) if init else None, **opts)
-    if cfg.level_weights and len(cfg.level_weights) != len(cfg.lambdas):
-        raise VaecodecError(f"--level-weights: {len(cfg.level_weights)} weights for {len(cfg.lambdas)} λ levels")
+    try:
+        check_level_weights(tuple(cfg.level_weights), len(cfg.lambdas))
+    except ValueError as exc:
+        raise VaecodecError(str(exc)) from None
     if not Path(cfg.data_dir).is_dir():
         raise VaecodecError(f"{cfg.data_dir}: training folder not found")
     ckpt, stopped = run_training(cfg, resume=resume, max_seconds=max_time)
@@ -182,19 +184,15 @@ def _groups(text: str, m: int, context: str) -> tuple[int, ...]:
 
 
 def _level_weights(text: str) -> tuple[float, ...]:
-    """`--level-weights` as numbers: empty or "uniform" for uniform sampling."""
-    import math
-
+    """`--level-weights` as numbers (empty or "uniform": uniform sampling); train.check_level_weights checks them
+    against the run's λ count."""
     text = (text or "").strip().lower()
     if text in ("", "uniform"):
         return ()
     try:
-        weights = tuple(float(w) for w in text.split(","))
+        return tuple(float(w) for w in text.split(","))
     except ValueError:
         raise click.BadParameter(f"expected comma-separated numbers, got {text!r}") from None
-    if not all(math.isfinite(w) and w >= 0 for w in weights) or not sum(weights) > 0:
-        raise click.BadParameter("weights must be non-negative numbers, not all zero")
-    return weights
 
 
 def _model_path(path: Path) -> Path:

@@ -85,15 +85,22 @@ def rd_loss(out: dict, x: torch.Tensor, lam: torch.Tensor) -> dict:
     return {"loss": per_sample.mean(), "per_sample": per_sample, "bpp": bpp.mean(), "mse": mse.mean()}
 
 
-def level_sampler(weights: tuple[float, ...], levels: int, gen: torch.Generator):
-    """Draws each sample's lambda level: uniformly, or in proportion to `weights` (one per level), e.g. to give
-    the extreme levels, whose curve trails most, more steps. Uniform keeps the sampler's old random stream."""
+def check_level_weights(weights: tuple[float, ...], levels: int) -> None:
+    """ValueError unless `weights` is empty (uniform) or one non-negative number per level, not all zero."""
     if not weights:
-        return lambda n: torch.randint(0, levels, (n,), generator=gen)
+        return
     if len(weights) != levels:
         raise ValueError(f"--level-weights gives {len(weights)} weights for {levels} lambda levels")
     if not all(math.isfinite(w) and w >= 0 for w in weights) or not sum(weights) > 0:
         raise ValueError("--level-weights must be non-negative numbers, not all zero")
+
+
+def level_sampler(weights: tuple[float, ...], levels: int, gen: torch.Generator):
+    """Draws each sample's lambda level: uniformly, or in proportion to `weights` (one per level), e.g. to give
+    the extreme levels, whose curve trails most, more steps. Uniform keeps the sampler's old random stream."""
+    check_level_weights(weights, levels)
+    if not weights:
+        return lambda n: torch.randint(0, levels, (n,), generator=gen)
     probs = torch.tensor(weights, dtype=torch.float64)
     return lambda n: torch.multinomial(probs, n, replacement=True, generator=gen)
 
