@@ -6,7 +6,7 @@ Usage: python benchmarks/error_makeup.py TRAIN_DIR [--model M] [--images 16] [--
 
 A shortfall that lives in the block means or the channel means would be a cheap fix (a decoder-side offset or a
 post-filter); one that lives in fine detail needs a better transform (training, capacity). Uses the network's
-hard-quantized pass and its own bit estimate, like the training's validation checks.
+hard-quantized pass and its own bit estimate (train.estimate_image, as the training's validation checks do).
 """
 
 from __future__ import annotations
@@ -20,23 +20,19 @@ from torch.nn import functional as F
 
 from vaecodec.data import list_images, load_images, split_images
 from vaecodec.model_io import load_model
+from vaecodec.train import estimate_image
 
 
 def error_makeup(net, images: list[torch.Tensor], level: float) -> dict:
     """Mean over images of bpp, MSE (8-bit scale), low-frequency share of the MSE and per-channel mean error."""
     bpp = mse = low = 0.0
     bias = torch.zeros(3)
-    with torch.no_grad():
-        for img in images:
-            x = img[None].float() / 255
-            h, w = x.shape[2] // 64 * 64, x.shape[3] // 64 * 64
-            x = x[:, :, :h, :w]
-            out = net.estimate(x, level)
-            err = (out["x_hat"].clamp(0, 1) * 255).round() - x * 255
-            bpp += float(-torch.log2(out["y_lik"]).sum() - torch.log2(out["z_lik"]).sum()) / (h * w)
-            mse += float(err.pow(2).mean())
-            low += float(F.avg_pool2d(err, 8).pow(2).mean())
-            bias += err.mean(dim=(0, 2, 3))
+    for img in images:
+        img_bpp, err = estimate_image(net, img, level)
+        bpp += img_bpp
+        mse += float(err.pow(2).mean())
+        low += float(F.avg_pool2d(err, 8).pow(2).mean())
+        bias += err.mean(dim=(0, 2, 3))
     n = len(images)
     return {"bpp": bpp / n, "mse": mse / n, "low_freq_share": low / mse, "channel_mean_error": (bias / n).tolist()}
 

@@ -295,21 +295,27 @@ def extend_gain_levels(weights: dict[str, torch.Tensor], old: list[float], new: 
 
 
 @torch.no_grad()
+def estimate_image(model: GainedHyperprior, img: torch.Tensor, level: float) -> tuple[float, torch.Tensor]:
+    """One uint8 CHW image through the hard-quantized pass at `level`, cropped to a multiple of 64: the network's
+    own bit estimate (bpp) and the 8-bit reconstruction error (1×3×H×W), without running the range coder."""
+    x = img[None].float().to(next(model.parameters()).device) / 255.0
+    h, w = x.shape[2] // 64 * 64, x.shape[3] // 64 * 64
+    x = x[:, :, :h, :w]
+    out = model.estimate(x, level)
+    bits = -torch.log2(out["y_lik"]).sum() - torch.log2(out["z_lik"]).sum()
+    return float(bits) / (h * w), (out["x_hat"].clamp(0, 1) * 255).round() - x * 255
+
+
+@torch.no_grad()
 def validate(model: GainedHyperprior, images: list[torch.Tensor], levels: list[int]) -> dict:
     model.eval()
     result = {}
     for level in levels:
         bpps, psnrs = [], []
-        device = next(model.parameters()).device
         for img in images:
-            x = img[None].float().to(device) / 255.0
-            h, w = x.shape[2] // 64 * 64, x.shape[3] // 64 * 64
-            x = x[:, :, :h, :w]
-            out = model.estimate(x, level)
-            bits = -torch.log2(out["y_lik"]).sum() - torch.log2(out["z_lik"]).sum()
-            bpps.append(float(bits) / (h * w))
-            mse = float((out["x_hat"].clamp(0, 1) * 255).round().sub(x * 255).pow(2).mean())
-            psnrs.append(10 * math.log10(255.0**2 / max(mse, 1e-10)))
+            bpp, err = estimate_image(model, img, level)
+            bpps.append(bpp)
+            psnrs.append(10 * math.log10(255.0**2 / max(float(err.pow(2).mean()), 1e-10)))
         result[str(level)] = {"bpp": sum(bpps) / len(bpps), "psnr": sum(psnrs) / len(psnrs)}
     model.train()
     return result
