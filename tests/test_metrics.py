@@ -57,3 +57,33 @@ def test_eval_end_to_end_writes_json_and_plot(tmp_path, tiny_model_path):
     assert set(report["bd_rate"]) == {"jpeg", "webp"}
     with Image.open(tmp_path / "r.png") as im:
         assert im.format == "PNG" and im.size[0] > 500
+
+
+
+def test_eval_baseline_reuses_classical_results_and_compares_the_models(tmp_path):
+    """--baseline: the classical codecs are not run again, and the BD-rate against the baseline's own vaecodec curve
+    (the previous model, when shipping a new one) is reported. The shipped model gives a curve with distinct points."""
+    import json
+
+    from click.testing import CliRunner
+
+    from vaecodec.cli import main
+
+    for i in range(2):
+        Image.fromarray(natural_image(64 + 16 * i, 48)).save(tmp_path / f"im{i}.png")
+    args = ["eval", str(tmp_path), "--qualities", "10,50,90"]
+    r = CliRunner().invoke(main, args + ["--compare", "jpeg", "--json", str(tmp_path / "prev.json")])
+    assert r.exit_code == 0, r.output
+    prev = json.loads((tmp_path / "prev.json").read_text())
+    prev["codecs"]["jpeg"]["points"][0]["psnr"] += 1.0  # a marker: reused results keep it, a new run would not
+    for p in prev["codecs"]["vaecodec"]["points"]:
+        p["bpp"] *= 2  # a baseline model that needs twice the bits for the same quality
+    (tmp_path / "prev.json").write_text(json.dumps(prev))
+    r = CliRunner().invoke(main, args + ["--compare", "jpeg", "--baseline", str(tmp_path / "prev.json"),
+                                         "--json", str(tmp_path / "new.json")])
+    assert r.exit_code == 0, r.output
+    new = json.loads((tmp_path / "new.json").read_text())
+    assert new["codecs"]["jpeg"] == prev["codecs"]["jpeg"]
+    assert new["bd_rate_vs_baseline"]["psnr"] == pytest.approx(-50.0, abs=1e-6)
+    assert new["bd_rate_vs_baseline"]["ms_ssim"] == pytest.approx(-50.0, abs=1e-6)
+    assert "vs the baseline's vaecodec" in r.output

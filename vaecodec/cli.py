@@ -236,7 +236,8 @@ def info(inputs, as_json):
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the full report here.")
 @click.option("--plot", "plot_out", type=click.Path(path_type=Path), help="Write a rate-distortion plot (PNG).")
 @click.option("--baseline", type=click.Path(path_type=Path, exists=True, dir_okay=False),
-              help="Reuse the classical codecs' results from an earlier report on the same images.")
+              help="Reuse the classical codecs' results from an earlier report on the same images, "
+                   "and give the BD-rate against its vaecodec curve (e.g. the previous model).")
 @click.option("--limit", type=click.IntRange(1), help="Only the first N images.")
 @click.option("-e", "--effort", type=click.IntRange(MIN_EFFORT, MAX_EFFORT), default=DEFAULT_EFFORT,
               show_default=True, help="vaecodec encoder effort (see encode --help).")
@@ -244,7 +245,7 @@ def info(inputs, as_json):
 @click.option("--device", type=DEVICE, default="cpu", show_default=True)
 def eval_cmd(directory, qualities, compare, json_out, plot_out, baseline, limit, effort, model, device):
     """Rate-distortion (bpp, PSNR, MS-SSIM), speed and BD-rates of vaecodec and classical codecs."""
-    from .evaluate import CLASSICAL, format_table, missing_extras, plot, run_eval, save_json
+    from .evaluate import CLASSICAL, bd_table, format_table, missing_extras, plot, run_eval, save_json
 
     names = [c.strip() for c in compare.split(",") if c.strip()]
     unknown = [c for c in names if c not in CLASSICAL]
@@ -266,6 +267,11 @@ def eval_cmd(directory, qualities, compare, json_out, plot_out, baseline, limit,
     codec = _make_codec(model, device)
     report = run_eval(directory, codec, qs, names, limit, base, effort)
     click.echo(format_table(report["codecs"], report["bd_rate"]))
+    if base and "vaecodec" in base:  # how a new model compares with the one the baseline report measured
+        vs = bd_table({"vaecodec": report["codecs"]["vaecodec"], "baseline": base["vaecodec"]})["baseline"]
+        report["bd_rate_vs_baseline"] = vs
+        click.echo(f"  vs the baseline's vaecodec ({base['vaecodec'].get('settings', '?')}): "
+                   f"PSNR {vs['psnr']:+.2f}%   MS-SSIM {vs['ms_ssim']:+.2f}%")
     if json_out:
         save_json(report, json_out)
     if plot_out:
