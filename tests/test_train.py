@@ -12,6 +12,7 @@ from PIL import Image
 
 from vaecodec.cli import main
 from vaecodec.codec import Codec
+from vaecodec.data import StackedCropSampler
 from vaecodec.train import cpu_has_native_bf16, validation_bd_rate
 
 
@@ -455,3 +456,53 @@ def test_bad_level_weights_are_refused_before_training(image_dir, tmp_path, weig
                                   "--level-weights", weights, *TINY])
     assert r.exit_code != 0 and message in r.output and "Traceback" not in r.output
     assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def _dihedral_views(patch: torch.Tensor) -> list[torch.Tensor]:
+    return [torch.rot90(p, k, dims=(1, 2)) for p in (patch, patch.flip(2)) for k in range(4)]
+
+
+def test_stacked_sampler_cuts_flipped_and_turned_crops_of_the_images():
+    gen = torch.Generator().manual_seed(0)
+    images = [torch.randint(0, 256, (3, 12, 10), dtype=torch.uint8, generator=gen) for _ in range(3)]
+    sampler = StackedCropSampler(images, 6, torch.Generator().manual_seed(1))
+    batch = sampler.sample(64)
+    assert batch.shape == (64, 3, 6, 6) and batch.dtype == torch.float32
+    seen_turns = set()
+    for crop in (batch * 255).round().byte():
+        matches = [(i, t, left, v) for i, img in enumerate(images) for t in range(7) for left in range(5)
+                   for v, view in enumerate(_dihedral_views(img[:, t:t + 6, left:left + 6])) if torch.equal(view, crop)]
+        assert matches, "every sample is a flipped/turned window of one image"
+        seen_turns.update(m[3] for m in matches)
+    assert len(seen_turns) == 8  # all eight flips and turns occur
+    again = StackedCropSampler(images, 6, torch.Generator().manual_seed(1)).sample(64)
+    assert torch.equal(again, batch)  # the seed decides the batch
+
+
+def test_stacked_sampler_is_only_for_same_size_images_at_least_one_crop_big():
+    a, b = torch.zeros(3, 8, 8, dtype=torch.uint8), torch.zeros(3, 8, 9, dtype=torch.uint8)
+    assert StackedCropSampler.fits([a, a], 8)
+    assert not StackedCropSampler.fits([a, b], 8)
+    assert not StackedCropSampler.fits([a, a], 9)
+    with pytest.raises(ValueError):
+        StackedCropSampler([a, b], 8, torch.Generator())
+
+
+@pytest.mark.parametrize("context", ["none", "checkerboard"])
+def test_the_hard_quantized_pass_runs_on_the_device_of_the_weights(context):
+    # the in-run validation once mixed a CPU tensor into a GPU model; the meta device stands in for a GPU here
+    from vaecodec.network import GainedHyperprior, ModelConfig
+
+    model = GainedHyperprior(ModelConfig(N=16, M=24, lambdas=(0.005, 0.05), context=context)).to("meta")
+    out = model.estimate(torch.empty(1, 3, 64, 64, device="meta"), 0.5)
+    assert out["x_hat"].device.type == "meta" and out["x_hat"].shape == (1, 3, 64, 64)
+
+
+def test_the_card_names_a_gpu_run_apart_from_the_cpu_hours():
+    from vaecodec.model_card import training_time_text
+
+    cpu = {"train_seconds": 7200, "train_config": {"device": "cpu", "prior_seconds": 3600}}
+    assert training_time_text(cpu).startswith("2.00 h wall-clock on 2 CPU cores")
+    gpu = {"train_seconds": 7200 + 480, "train_config": {"device": "cuda", "prior_seconds": 7200}}
+    text = training_time_text(gpu)
+    assert "2.13 h wall-clock in all" in text and "8.0 min on one GPU (cuda" in text

@@ -82,7 +82,7 @@ TRAIN_OPTIONS = ("steps", "batch_size", "crop", "lr", "warmup", "lr_drop_step", 
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 ...")
 @click.option("--compile/--no-compile", default=True, show_default=True, help="torch.compile the model.")
 @click.option("--bf16/--no-bf16", default=None,
-              help="bfloat16 autocast on CPU (default: only where the CPU has native bf16, else fp32).")
+              help="bfloat16 autocast (default: on CUDA, and on CPUs with native bf16; else fp32).")
 @click.option("--init", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="Start from these weights (.safetensors model, or a .pt checkpoint's raw weights), e.g. to "
                    "fine-tune.")

@@ -76,3 +76,53 @@ class CropSampler:
             patch = torch.rot90(patch, self._randint(4), dims=(1, 2))
             out[i] = patch
         return out.float().div_(255.0)
+
+
+class StackedCropSampler:
+    """CropSampler for a folder of same-size images, vectorized: the images sit in one uint8 tensor on the
+    training device and a whole batch is cut, flipped and turned in a few tensor operations, so that a GPU is not
+    kept waiting by a per-crop Python loop. Offsets, flips and turns come from the same seeded CPU generator."""
+
+    def __init__(self, images: list[torch.Tensor], crop: int, generator: torch.Generator,
+                 device: torch.device | str = "cpu"):
+        if not images:
+            raise ValueError("no training images")
+        shapes = {tuple(img.shape) for img in images}
+        if len(shapes) != 1:
+            raise ValueError("StackedCropSampler needs images of one size")
+        _, self.h, self.w = shapes.pop()
+        if self.h < crop or self.w < crop:
+            raise ValueError(f"images of {self.w}x{self.h} are smaller than the {crop}-pixel crop")
+        self.stack = torch.stack(images).to(device)
+        self.crop = crop
+        self.gen = generator
+
+    @staticmethod
+    def fits(images: list[torch.Tensor], crop: int) -> bool:
+        shapes = {tuple(img.shape) for img in images}
+        return len(shapes) == 1 and min(next(iter(shapes))[1:]) >= crop
+
+    def sample(self, batch: int) -> torch.Tensor:
+        g, c = self.gen, self.crop
+        idx = torch.randint(0, len(self.stack), (batch,), generator=g)
+        top = torch.randint(0, self.h - c + 1, (batch,), generator=g)
+        left = torch.randint(0, self.w - c + 1, (batch,), generator=g)
+        flip = torch.randint(0, 2, (batch,), generator=g).bool()
+        turns = torch.randint(0, 4, (batch,), generator=g)
+        dev = self.stack.device
+        span = torch.arange(c)
+        rows = (top[:, None] + span).to(dev)[:, None, :, None]
+        cols = (left[:, None] + span).to(dev)[:, None, None, :]
+        chans = torch.arange(3, device=dev)[None, :, None, None]
+        out = self.stack[idx.to(dev)[:, None, None, None], chans, rows, cols]
+        out = torch.where(flip.to(dev)[:, None, None, None], out.flip(3), out)
+        turns = turns.to(dev)[:, None, None, None]
+        out = self._turn(out, turns)  # square crops: each sample takes the turn it drew
+        return out.float().div_(255.0)
+
+    @staticmethod
+    def _turn(out: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
+        result = out
+        for k in (1, 2, 3):
+            result = torch.where(turns == k, torch.rot90(out, k, dims=(2, 3)), result)
+        return result

@@ -7,6 +7,20 @@ from pathlib import Path
 
 from .errors import VaecodecError
 
+CPU_PRECISION = "torch.compile; bf16 autocast where the CPU has native bf16, else fp32"
+
+
+def training_time_text(training: dict) -> str:
+    """Where the training time was spent: a run on a GPU is named apart, since its minutes are worth CPU hours."""
+    tc = training.get("train_config", {})
+    total = float(training.get("train_seconds", 0))
+    device = str(tc.get("device", "cpu"))
+    if device == "cpu":
+        return f"{total / 3600:.2f} h wall-clock on 2 CPU cores ({CPU_PRECISION})"
+    last = total - float(tc.get("prior_seconds", 0))
+    return (f"{total / 3600:.2f} h wall-clock in all: the last run {last / 60:.1f} min on one GPU ({device}, "
+            f"torch.compile, bf16 autocast), the runs before it on 2 CPU cores ({CPU_PRECISION})")
+
 
 def write_card(model_file: Path, report: dict, data: str, report_path: Path) -> Path:
     from .model_io import load_model
@@ -44,8 +58,7 @@ def write_card(model_file: Path, report: dict, data: str, report_path: Path) -> 
         + (f", levels drawn with relative weights {', '.join(f'{w:g}' for w in tc['level_weights'])} "
            "(--level-weights)" if tc.get("level_weights") else "")
         + "; "
-        f"{training.get('train_seconds', 0) / 3600:.2f} h wall-clock on 2 CPU cores (torch.compile; "
-        "bf16 autocast where the CPU has native bf16, else fp32)"
+        + training_time_text(training)
         + (f"; shipped weights: {training['weights']}" if training.get("weights") else ""),
         "",
         f"## Kodak ({report['images']} images), measured with `vaecodec eval` ({vae.get('settings', '')})",

@@ -167,7 +167,7 @@ class GainedHyperprior(nn.Module):
         """(gain, inverse gain), each (B, M, 1, 1), at continuous positions (B,) among the lambdas; positions
         below 0 (down to config.lowest_position) extrapolate the first segment in the log domain."""
         L = self.log_gain.shape[0]
-        position = position.clamp(min(self.config.lowest_position, 0.0), L - 1)
+        position = position.to(self.log_gain.device).clamp(min(self.config.lowest_position, 0.0), L - 1)
         lo = position.floor().long().clamp(0, L - 2) if L > 1 else torch.zeros_like(position, dtype=torch.long)
         frac = (position - lo.to(position.dtype))[:, None]
         if L > 1:
@@ -230,7 +230,7 @@ class GainedHyperprior(nn.Module):
     def forward(self, x: torch.Tensor, level: torch.Tensor, autocast: bool = False) -> dict:
         """Noisy-quantization forward pass for training; level is an integer lambda index per sample."""
         gain, inv_gain = self.gains_at(level.float())
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
             y = self.g_a(x)
         y = y.float() * gain
         z = self.h_a(y)
@@ -240,7 +240,7 @@ class GainedHyperprior(nn.Module):
         noisy = y + torch.empty_like(y).uniform_(-0.5, 0.5)
         y_lik = gaussian_likelihood(noisy - means, scales)
         y_hat = (ste_round(y - means) + means) * inv_gain
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
             x_hat = self.g_s(y_hat)
         return {"x_hat": x_hat.float(), "y_lik": y_lik, "z_lik": z_lik}
 

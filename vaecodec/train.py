@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from .data import CropSampler, list_images, load_images, split_images
+from .data import CropSampler, StackedCropSampler, list_images, load_images, split_images
 from .metrics import bd_rate
 from .network import DEFAULT_LAMBDAS, DEFAULT_LOWEST_POSITION, GainedHyperprior, ModelConfig
 
@@ -44,7 +44,7 @@ class TrainConfig:
     val_every: int = 1000
     ckpt_every: int = 200
     compile: bool = True
-    bf16: bool | None = None  # None: bf16 autocast only where the CPU computes bf16 natively
+    bf16: bool | None = None  # None: bf16 autocast on CUDA and where the CPU computes bf16 natively
     device: str = "cpu"
     N: int = 128
     M: int = 192
@@ -447,7 +447,11 @@ def train(cfg: TrainConfig, resume: bool = False, max_seconds: float | None = No
         raise ValueError(f"no training images in {cfg.data_dir}")
     images = load_images(train_paths, cfg.workers)
     val_images = load_images(val_paths[:64], cfg.workers)
-    sampler = CropSampler(images, cfg.crop, gen)
+    if StackedCropSampler.fits(images, cfg.crop):  # the usual case: one batch in a few tensor operations
+        sampler = StackedCropSampler(images, cfg.crop, gen, device)
+        del images
+    else:
+        sampler = CropSampler(images, cfg.crop, gen)
 
     net = model
     if world > 1:
@@ -455,7 +459,13 @@ def train(cfg: TrainConfig, resume: bool = False, max_seconds: float | None = No
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     if cfg.compile:
         net = torch.compile(net)
-    autocast = device.type == "cpu" and (cpu_has_native_bf16() if cfg.bf16 is None else cfg.bf16)
+    if cfg.bf16 is not None:
+        autocast = cfg.bf16
+    else:  # GPUs compute bf16 natively; CPUs only some
+        autocast = cpu_has_native_bf16() if device.type == "cpu" else device.type == "cuda"
+    if device.type == "cuda":  # the fp32 parts (hyperprior, entropy model) may use TF32 tensor cores
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
     precision = "bf16 autocast" if autocast else "fp32"
     if rank == 0:
         tqdm.write(f"precision: {precision} on {device}")
