@@ -506,3 +506,33 @@ def test_the_card_names_a_gpu_run_apart_from_the_cpu_hours():
     gpu = {"train_seconds": 7200 + 480, "train_config": {"device": "cuda", "prior_seconds": 7200}}
     text = training_time_text(gpu)
     assert "2.13 h wall-clock in all" in text and "8.0 min on one GPU (cuda" in text
+
+
+@pytest.mark.parametrize("device, message", [("bogus", "unknown --device 'bogus'"),
+                                             ("cuda", "no CUDA device is available")])
+def test_a_device_this_machine_cannot_run_is_a_one_line_error(image_dir, tmp_path, device, message):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    for args in (["train", str(image_dir), "--run-dir", str(tmp_path / "run"), "--device", device, *TINY],
+                 ["encode", str(next(image_dir.glob("*.png"))), "-o", str(tmp_path / "x.vae"), "--device", device]):
+        r = CliRunner().invoke(main, args)  # (encode's --device is a choice of cpu and cuda)
+        assert r.exit_code != 0 and (message if args[0] == "train" else device) in r.output
+        assert "internal error" not in r.output and r.output.strip().count("\n") == 0
+        assert not (tmp_path / "run").exists()
+
+
+def test_a_gpu_run_resumed_on_a_cpu_machine_asks_for_device_cpu(image_dir, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    run = tmp_path / "run"
+    first = CliRunner().invoke(main, ["train", str(image_dir), "--run-dir", str(run), "--steps", "2", *TINY])
+    assert first.exit_code == 0, first.output
+    ckpt = torch.load(run / "last.pt", weights_only=False)
+    ckpt["train_config"]["device"] = "cuda"  # as saved by a run on a GPU machine
+    torch.save(ckpt, run / "last.pt")
+    args = ["train", str(image_dir), "--run-dir", str(run), "--resume", "--steps", "4"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code != 0 and "resume it with --device cpu" in r.output and "internal error" not in r.output
+    r = CliRunner().invoke(main, [*args, "--device", "cpu", "--no-compile"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((run / "log.jsonl").read_text().splitlines()[-1])["step"] == 4

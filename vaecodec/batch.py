@@ -13,6 +13,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .devices import check_device
 from .effort import DEFAULT_EFFORT
 from .errors import VaecodecError
 from .imageio import IMAGE_SUFFIXES  # noqa: F401  (re-exported for the CLI)
@@ -124,8 +125,7 @@ def _init_worker(opts: Options, in_pool: bool = False) -> None:
 
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    if opts.device.startswith("cuda") and not torch.cuda.is_available():
-        raise VaecodecError("--device cuda was asked for, but no CUDA device is available")
+    check_device(opts.device)
     from .model_io import load_model
     from .refine import refine_tile_for_memory
     from .tiling import tile_for_memory

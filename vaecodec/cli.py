@@ -12,6 +12,7 @@ import click
 
 from . import __version__
 from .container import DEFAULT_MAX_PIXELS
+from .devices import check_device
 from .effort import DEFAULT_EFFORT, EFFORT_ITERATIONS, MAX_EFFORT, MIN_EFFORT
 from .errors import VaecodecError
 
@@ -55,12 +56,9 @@ class _Group(click.Group):
 
 
 def _make_codec(model: str | None, device: str):
-    import torch
-
     from .codec import Codec
 
-    if device == "cuda" and not torch.cuda.is_available():
-        raise VaecodecError("--device cuda was asked for, but no CUDA device is available")
+    check_device(device)
     return Codec(model, device=device)
 
 
@@ -125,11 +123,7 @@ def _run(mode, inputs, output, recursive, force, skip_existing, jobs, threads, m
         from .model_io import load_model
 
         load_model(opts.model)
-        if device == "cuda":
-            import torch
-
-            if not torch.cuda.is_available():
-                raise VaecodecError("--device cuda was asked for, but no CUDA device is available")
+        check_device(device)
     if mode == "decode":
         from .batch import output_format
 
