@@ -59,7 +59,6 @@ def test_eval_end_to_end_writes_json_and_plot(tmp_path, tiny_model_path):
         assert im.format == "PNG" and im.size[0] > 500
 
 
-
 def test_eval_baseline_reuses_classical_results_and_compares_the_models(tmp_path):
     """--baseline: the classical codecs are not run again, and the BD-rate against the baseline's own vaecodec curve
     (the previous model, when shipping a new one) is reported. The shipped model gives a curve with distinct points."""

@@ -103,7 +103,6 @@ def train(ctx, data_dir, out, run_dir, lambdas, n_ch, m_ch, context, channel_gro
     from .train import train as run_training
 
     name = out.stem if out else "model"
-    check_device(opts["device"])
     if out:
         out = _model_path(out)
         if out.exists() and not force:
@@ -162,9 +161,12 @@ def train(ctx, data_dir, out, run_dir, lambdas, n_ch, m_ch, context, channel_gro
         raise VaecodecError(str(exc)) from None
     if not Path(cfg.data_dir).is_dir():
         raise VaecodecError(f"{cfg.data_dir}: training folder not found")
-    try:  # a resumed run keeps the device it was saved with unless --device says otherwise
+    try:
         check_device(cfg.device)
     except VaecodecError:
+        if not resume or ctx.get_parameter_source("device") == ParameterSource.COMMANDLINE:
+            raise
+        # a resumed run keeps the device it was saved with unless --device says otherwise
         raise VaecodecError(f"the run in {run_dir} trained on {cfg.device}, which this machine does not have: "
                             "resume it with --device cpu") from None
     ckpt, stopped = run_training(cfg, resume=resume, max_seconds=max_time)

@@ -85,14 +85,9 @@ class StackedCropSampler:
 
     def __init__(self, images: list[torch.Tensor], crop: int, generator: torch.Generator,
                  device: torch.device | str = "cpu"):
-        if not images:
-            raise ValueError("no training images")
-        shapes = {tuple(img.shape) for img in images}
-        if len(shapes) != 1:
-            raise ValueError("StackedCropSampler needs images of one size")
-        _, self.h, self.w = shapes.pop()
-        if self.h < crop or self.w < crop:
-            raise ValueError(f"images of {self.w}x{self.h} are smaller than the {crop}-pixel crop")
+        if not self.fits(images, crop):
+            raise ValueError(f"StackedCropSampler needs images of one size, at least {crop} pixels each way")
+        _, self.h, self.w = images[0].shape
         self.stack = torch.stack(images).to(device)
         self.crop = crop
         self.gen = generator
@@ -100,7 +95,7 @@ class StackedCropSampler:
     @staticmethod
     def fits(images: list[torch.Tensor], crop: int) -> bool:
         shapes = {tuple(img.shape) for img in images}
-        return len(shapes) == 1 and min(next(iter(shapes))[1:]) >= crop
+        return len(shapes) == 1 and min(images[0].shape[1:]) >= crop
 
     def sample(self, batch: int) -> torch.Tensor:
         g, c = self.gen, self.crop
