@@ -498,14 +498,50 @@ def test_the_hard_quantized_pass_runs_on_the_device_of_the_weights(context):
     assert out["x_hat"].device.type == "meta" and out["x_hat"].shape == (1, 3, 64, 64)
 
 
-def test_the_card_names_a_gpu_run_apart_from_the_cpu_hours():
+def test_the_card_names_gpu_time_apart_from_the_cpu_hours():
     from vaecodec.model_card import training_time_text
 
-    cpu = {"train_seconds": 7200, "train_config": {"device": "cpu", "prior_seconds": 3600}}
+    cpu = {"train_seconds": 7200, "gpu_seconds": 0, "train_config": {"device": "cpu", "prior_seconds": 3600}}
     assert training_time_text(cpu).startswith("2.00 h wall-clock on 2 CPU cores")
+    # a GPU last run, exported before gpu_seconds was recorded: the last run's own seconds
     gpu = {"train_seconds": 7200 + 480, "train_config": {"device": "cuda", "prior_seconds": 7200}}
     text = training_time_text(gpu)
-    assert "2.13 h wall-clock in all" in text and "8.0 min on one GPU (cuda" in text
+    assert "2.13 h wall-clock in all: 8.0 min of it on one GPU (the last run, on cuda" in text
+    # a CPU run continuing GPU-trained weights keeps their GPU minutes apart
+    after = {"train_seconds": 7680 + 3600, "gpu_seconds": 480, "train_config": {"device": "cpu", "prior_seconds": 7680}}
+    text = training_time_text(after)
+    assert "3.13 h wall-clock in all: 8.0 min of it on one GPU (before the last run" in text
+    assert "the rest on 2 CPU cores" in text
+
+
+def test_gpu_seconds_follow_the_weights_through_init_and_export(tmp_path):
+    from vaecodec.model_io import export_model
+    from vaecodec.network import GainedHyperprior, ModelConfig
+    from vaecodec.train import file_history, load_init_weights, training_history
+
+    lams = (0.005, 0.05)
+    gpu_info = {"steps": 500, "train_seconds": 4000, "train_config": {"device": "cuda", "prior_seconds": 3700}}
+    gpu_file = tmp_path / "gpu.safetensors"
+    export_model(GainedHyperprior(ModelConfig(N=16, M=24, lambdas=lams)), gpu_file, "g",
+                 extra_meta={"training": gpu_info})
+    prior = load_init_weights(GainedHyperprior(ModelConfig(N=16, M=24, lambdas=lams)), str(gpu_file))
+    assert (prior.steps, prior.seconds, prior.gpu_seconds) == (500, 4000.0, 300.0)
+    # a CPU run from those weights: 100 steps, 60 s
+    state = {"step": 100, "elapsed_seconds": 60.0,
+             "train_config": {"device": "cpu", "init": str(gpu_file), "prior_steps": 500, "prior_seconds": 4000.0,
+                              "prior_gpu_seconds": 300.0}}
+    h = training_history(state)
+    assert (h.steps, h.seconds, h.gpu_seconds) == (600, 4060.0, 300.0)
+    # a checkpoint from before prior_gpu_seconds was recorded reads it from its init file while that is there
+    del state["train_config"]["prior_gpu_seconds"]
+    assert training_history(state).gpu_seconds == 300.0
+    gpu_file.unlink()
+    assert training_history(state).gpu_seconds == 0.0
+    # a GPU run's own seconds count as GPU seconds; a .pt checkpoint is read the same way
+    torch.save({"step": 10, "elapsed_seconds": 20.0,
+                "train_config": {"device": "cuda", "prior_seconds": 100.0, "prior_gpu_seconds": 30.0}},
+               tmp_path / "c.pt")
+    assert file_history(str(tmp_path / "c.pt")).gpu_seconds == 50.0
 
 
 @pytest.mark.parametrize("device, message", [("bogus", "unknown --device 'bogus'"),

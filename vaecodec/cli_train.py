@@ -263,16 +263,17 @@ def _export(ckpts: list[Path], out: Path, name: str, half: bool, lowest_position
         model.load_state_dict({k: (v / len(paths)).float() for k, v in total.items()})
     state = latest
     averaged = kinds == {True}
-    steps, seconds = training_history(state)  # a run started from earlier weights counts their training too
+    history = training_history(state)  # a run started from earlier weights counts their training too
     weights = (f"moving average (decay {state['train_config'].get('ema')}, over {state.get('ema_steps')} steps)"
                if averaged else "last step")
     if len(paths) > 1:
         weights = (f"uniform average of {len(paths)} checkpoints' {'moving averages' if averaged else 'weights'} "
                    f"(run steps {', '.join(str(s) for s in sorted(steps_seen))})")
     info = {
-        "steps": steps,
+        "steps": history.steps,
         "weights": weights,
-        "train_seconds": round(seconds),
+        "train_seconds": round(history.seconds),
+        "gpu_seconds": round(history.gpu_seconds),
         "train_config": state["train_config"],
         "parameters": sum(p.numel() for p in model.parameters()),
     }

@@ -11,15 +11,16 @@ CPU_PRECISION = "torch.compile; bf16 autocast where the CPU has native bf16, els
 
 
 def training_time_text(training: dict) -> str:
-    """Where the training time was spent: a run on a GPU is named apart, since its minutes are worth CPU hours."""
-    tc = training.get("train_config", {})
-    total = float(training.get("train_seconds", 0))
-    device = str(tc.get("device", "cpu"))
-    if device == "cpu":
-        return f"{total / 3600:.2f} h wall-clock on 2 CPU cores ({CPU_PRECISION})"
-    last = total - float(tc.get("prior_seconds", 0))
-    return (f"{total / 3600:.2f} h wall-clock in all: the last run {last / 60:.1f} min on one GPU ({device}, "
-            f"torch.compile, bf16 autocast), the runs before it on 2 CPU cores ({CPU_PRECISION})")
+    """Where the training time was spent: GPU time is named apart, since its minutes are worth CPU hours."""
+    from .train import model_history
+
+    history = model_history(training)
+    if history.gpu_seconds <= 0:
+        return f"{history.seconds / 3600:.2f} h wall-clock on 2 CPU cores ({CPU_PRECISION})"
+    device = str(training.get("train_config", {}).get("device", "cpu"))
+    which = f"the last run, on {device}" if device != "cpu" else "before the last run"
+    return (f"{history.seconds / 3600:.2f} h wall-clock in all: {history.gpu_seconds / 60:.1f} min of it on one GPU "
+            f"({which}; torch.compile, bf16 autocast), the rest on 2 CPU cores ({CPU_PRECISION})")
 
 
 def write_card(model_file: Path, report: dict, data: str, report_path: Path) -> Path:

@@ -55,6 +55,7 @@ class TrainConfig:
     init: str | None = None  # weights to start from (checkpoint or shipped model)
     prior_steps: int = 0  # training the --init weights had already had (counted in exported cards)
     prior_seconds: float = 0.0
+    prior_gpu_seconds: float = 0.0  # of prior_seconds, those spent on a GPU (cards name them apart)
     balance_levels: bool = False  # weight each lambda level's loss by 1/(its running mean): see LevelBalance
     level_weights: tuple[float, ...] = ()  # how often each lambda level is drawn, relative; (): uniform
 
@@ -205,11 +206,62 @@ class WeightAverage:
                 p.copy_(o)
 
 
-def training_history(state: dict) -> tuple[int, float]:
-    """Steps and seconds of training behind a checkpoint, including those of the weights it started from."""
+@dataclass(frozen=True)
+class History:
+    """Training behind some weights, theirs and their --init ancestors': steps, wall-clock seconds, and the part
+    of those seconds spent on a GPU (a GPU minute is worth CPU hours, so model cards name it apart)."""
+
+    steps: int = 0
+    seconds: float = 0.0
+    gpu_seconds: float = 0.0
+
+
+def _ran_on_gpu(tc: dict) -> bool:
+    return str(tc.get("device", "cpu")) != "cpu"
+
+
+def prior_gpu_seconds(tc: dict) -> float:
+    """GPU seconds of a run's --init weights. Runs from before the field was recorded: read from the init file
+    when it is still there (a GPU run followed by a CPU continuation), else none."""
+    if "prior_gpu_seconds" in tc:
+        return float(tc["prior_gpu_seconds"])
+    init = tc.get("init")
+    if not init or not Path(init).is_file():
+        return 0.0
+    try:
+        return file_history(init).gpu_seconds
+    except (OSError, RuntimeError, ValueError, KeyError):
+        return 0.0
+
+
+def training_history(state: dict) -> History:
+    """The training behind a checkpoint, including that of the weights it started from."""
     tc = state.get("train_config", {})
-    return (int(state.get("step", 0)) + int(tc.get("prior_steps", 0)),
-            float(state.get("elapsed_seconds", 0.0)) + float(tc.get("prior_seconds", 0.0)))
+    elapsed = float(state.get("elapsed_seconds", 0.0))
+    return History(int(state.get("step", 0)) + int(tc.get("prior_steps", 0)),
+                   elapsed + float(tc.get("prior_seconds", 0.0)),
+                   prior_gpu_seconds(tc) + (elapsed if _ran_on_gpu(tc) else 0.0))
+
+
+def model_history(info: dict) -> History:
+    """The training behind a shipped model, from its "training" metadata. Files exported before GPU seconds
+    were recorded: a GPU last run's own seconds (every run before the first GPU one was on CPU)."""
+    tc = info.get("train_config", {})
+    seconds = float(info.get("train_seconds", 0.0))
+    if "gpu_seconds" in info:
+        gpu = float(info["gpu_seconds"])
+    else:
+        gpu = seconds - float(tc.get("prior_seconds", 0.0)) if _ran_on_gpu(tc) else 0.0
+    return History(int(info.get("steps", 0)), seconds, gpu)
+
+
+def file_history(path: str) -> History:
+    """The training behind a shipped model (.safetensors) or a checkpoint (.pt), without loading its weights."""
+    if path.endswith(".safetensors"):
+        from .model_io import read_metadata
+
+        return model_history(json.loads(read_metadata(Path(path)).get("training", "{}")))
+    return training_history(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
 
 
 def init_model_config(path: str) -> dict:
@@ -237,13 +289,13 @@ def lambdas_of(model_config: dict) -> list[float] | None:
     return [float(x) for x in lams] if lams else None
 
 
-def load_init_weights(model: GainedHyperprior, path: str) -> tuple[int, float]:
+def load_init_weights(model: GainedHyperprior, path: str) -> History:
     """Start from a checkpoint (.pt) or a shipped model (.safetensors).
 
     Weights of a context-free model may start a checkerboard model, and those of a checkerboard model one with
     channel groups: the new context layers keep their fresh initialisation (which leaves the predictions
-    unchanged until they learn). Returns the steps and seconds of training those weights already had, so that a
-    continued run's card counts the whole history.
+    unchanged until they learn). Returns the training those weights already had, so that a continued run's
+    card counts the whole history.
     """
     if path.endswith(".safetensors"):
         from .model_io import load_float_state, read_metadata
@@ -251,7 +303,7 @@ def load_init_weights(model: GainedHyperprior, path: str) -> tuple[int, float]:
         weights = load_float_state(path)
         meta = read_metadata(Path(path))
         info = json.loads(meta.get("training", "{}"))
-        history = int(info.get("steps", 0)), float(info.get("train_seconds", 0.0))
+        history = model_history(info)
         old = lambdas_of(json.loads(meta.get("config", "{}")))
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -417,7 +469,8 @@ def train(cfg: TrainConfig, resume: bool = False, max_seconds: float | None = No
                                 channel_groups=tuple(cfg.channel_groups), lowest_position=cfg.lowest_position)
     model = GainedHyperprior(model_cfg).to(device)
     if state is None and cfg.init:
-        cfg.prior_steps, cfg.prior_seconds = load_init_weights(model, cfg.init)
+        prior = load_init_weights(model, cfg.init)
+        cfg.prior_steps, cfg.prior_seconds, cfg.prior_gpu_seconds = prior.steps, prior.seconds, prior.gpu_seconds
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     step, elapsed = 0, 0.0
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
