@@ -569,6 +569,31 @@ def test_a_gpu_run_resumed_on_a_cpu_machine_asks_for_device_cpu(image_dir, tmp_p
     args = ["train", str(image_dir), "--run-dir", str(run), "--resume", "--steps", "4"]
     r = CliRunner().invoke(main, args)
     assert r.exit_code != 0 and "resume it with --device cpu" in r.output and "internal error" not in r.output
-    r = CliRunner().invoke(main, [*args, "--device", "cpu", "--no-compile"])
+    r = CliRunner().invoke(main, [*args, "--device", "cpu", "--no-compile", "--out", str(tmp_path / "m")])
     assert r.exit_code == 0, r.output
     assert json.loads((run / "log.jsonl").read_text().splitlines()[-1])["step"] == 4
+    card = json.loads((tmp_path / "m.json").read_text())  # the first two steps' seconds were the GPU's
+    assert card["gpu_seconds"] == round(ckpt["elapsed_seconds"]) and card["train_seconds"] >= card["gpu_seconds"]
+
+
+def test_a_run_from_gpu_weights_resumed_from_an_older_checkpoint_keeps_their_gpu_minutes(image_dir, tmp_path):
+    from vaecodec.model_io import export_model
+    from vaecodec.network import GainedHyperprior, ModelConfig
+
+    gpu_file = tmp_path / "gpu.safetensors"
+    info = {"steps": 500, "train_seconds": 4000, "train_config": {"device": "cuda", "prior_seconds": 3700}}
+    export_model(GainedHyperprior(ModelConfig(N=16, M=24, lambdas=(0.005, 0.05))), gpu_file, "g",
+                 extra_meta={"training": info})
+    run = tmp_path / "run"
+    r = CliRunner().invoke(main, ["train", str(image_dir), "--run-dir", str(run), "--steps", "2", "--init",
+                                  str(gpu_file), *TINY])
+    assert r.exit_code == 0, r.output
+    ckpt = torch.load(run / "last.pt", weights_only=False)
+    assert ckpt["train_config"]["prior_gpu_seconds"] == 300
+    del ckpt["train_config"]["prior_gpu_seconds"]  # as written before the field existed
+    torch.save(ckpt, run / "last.pt")
+    r = CliRunner().invoke(main, ["train", str(image_dir), "--run-dir", str(run), "--resume", "--steps", "3",
+                                  "--out", str(tmp_path / "m")])
+    assert r.exit_code == 0, r.output
+    card = json.loads((tmp_path / "m.json").read_text())
+    assert card["steps"] == 503 and card["gpu_seconds"] == 300
