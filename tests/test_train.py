@@ -537,6 +537,8 @@ def test_gpu_seconds_follow_the_weights_through_init_and_export(tmp_path):
     assert training_history(state).gpu_seconds == 300.0
     gpu_file.unlink()
     assert training_history(state).gpu_seconds == 0.0
+    # a run that changed device on resume counts the seconds it recorded on the GPU, whatever device it ended on
+    assert training_history({**state, "gpu_elapsed_seconds": 40.0}).gpu_seconds == 40.0
     # a GPU run's own seconds count as GPU seconds; a .pt checkpoint is read the same way
     torch.save({"step": 10, "elapsed_seconds": 20.0,
                 "train_config": {"device": "cuda", "prior_seconds": 100.0, "prior_gpu_seconds": 30.0}},
@@ -564,7 +566,8 @@ def test_a_gpu_run_resumed_on_a_cpu_machine_asks_for_device_cpu(image_dir, tmp_p
     first = CliRunner().invoke(main, ["train", str(image_dir), "--run-dir", str(run), "--steps", "2", *TINY])
     assert first.exit_code == 0, first.output
     ckpt = torch.load(run / "last.pt", weights_only=False)
-    ckpt["train_config"]["device"] = "cuda"  # as saved by a run on a GPU machine
+    ckpt["train_config"]["device"] = "cuda"  # as saved by a run on a GPU machine, 120 s of it
+    ckpt["elapsed_seconds"] = ckpt["gpu_elapsed_seconds"] = 120.0
     torch.save(ckpt, run / "last.pt")
     args = ["train", str(image_dir), "--run-dir", str(run), "--resume", "--steps", "4"]
     r = CliRunner().invoke(main, args)
@@ -572,8 +575,8 @@ def test_a_gpu_run_resumed_on_a_cpu_machine_asks_for_device_cpu(image_dir, tmp_p
     r = CliRunner().invoke(main, [*args, "--device", "cpu", "--no-compile", "--out", str(tmp_path / "m")])
     assert r.exit_code == 0, r.output
     assert json.loads((run / "log.jsonl").read_text().splitlines()[-1])["step"] == 4
-    card = json.loads((tmp_path / "m.json").read_text())  # the first two steps' seconds were the GPU's
-    assert card["gpu_seconds"] == round(ckpt["elapsed_seconds"]) and card["train_seconds"] >= card["gpu_seconds"]
+    card = json.loads((tmp_path / "m.json").read_text())  # the GPU's seconds stay GPU seconds after a CPU resume
+    assert card["gpu_seconds"] == 120 and card["train_seconds"] >= 120
 
 
 def test_a_run_from_gpu_weights_resumed_from_an_older_checkpoint_keeps_their_gpu_minutes(image_dir, tmp_path):

@@ -147,7 +147,8 @@ def checkpoint_path(run_dir: str | Path) -> Path:
 
 
 def save_checkpoint(path: Path, model, optimizer, step: int, cfg: TrainConfig, elapsed: float, gen,
-                    ema: WeightAverage | None = None, balance: LevelBalance | None = None) -> None:
+                    ema: WeightAverage | None = None, balance: LevelBalance | None = None,
+                    gpu_elapsed: float = 0.0) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(
@@ -159,6 +160,7 @@ def save_checkpoint(path: Path, model, optimizer, step: int, cfg: TrainConfig, e
             "train_config": asdict(cfg),
             "model_config": model.config.to_dict(),
             "elapsed_seconds": elapsed,
+            "gpu_elapsed_seconds": gpu_elapsed,  # of elapsed_seconds; a run may resume on another device
             **({"level_balance": balance.state_dict()} if balance else {}),
             "sampler_rng": gen.get_state(),
             "torch_rng": torch.get_rng_state(),
@@ -237,10 +239,17 @@ def prior_gpu_seconds(tc: dict) -> float:
 def training_history(state: dict) -> History:
     """The training behind a checkpoint, including that of the weights it started from."""
     tc = state.get("train_config", {})
-    elapsed = float(state.get("elapsed_seconds", 0.0))
     return History(int(state.get("step", 0)) + int(tc.get("prior_steps", 0)),
-                   elapsed + float(tc.get("prior_seconds", 0.0)),
-                   prior_gpu_seconds(tc) + (elapsed if _ran_on_gpu(tc) else 0.0))
+                   float(state.get("elapsed_seconds", 0.0)) + float(tc.get("prior_seconds", 0.0)),
+                   prior_gpu_seconds(tc) + run_gpu_seconds(state))
+
+
+def run_gpu_seconds(state: dict) -> float:
+    """Seconds of a checkpoint's own run spent on a GPU. Checkpoints from before they were recorded: all of
+    its seconds if the run that saved it was on a GPU (no run had then changed device on resume)."""
+    if "gpu_elapsed_seconds" in state:
+        return float(state["gpu_elapsed_seconds"])
+    return float(state.get("elapsed_seconds", 0.0)) if _ran_on_gpu(state.get("train_config", {})) else 0.0
 
 
 def model_history(info: dict) -> History:
@@ -472,18 +481,20 @@ def train(cfg: TrainConfig, resume: bool = False, max_seconds: float | None = No
         prior = load_init_weights(model, cfg.init)
         cfg.prior_steps, cfg.prior_seconds, cfg.prior_gpu_seconds = prior.steps, prior.seconds, prior.gpu_seconds
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    step, elapsed = 0, 0.0
+    step, elapsed, gpu_at_start = 0, 0.0, 0.0
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     if state:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, elapsed = int(state["step"]), float(state["elapsed_seconds"])
+        gpu_at_start = run_gpu_seconds(state)
         if world == 1:
             gen.set_state(state["sampler_rng"])
             torch.set_rng_state(state["torch_rng"])
         else:  # per-rank streams that do not repeat the crops of earlier steps
             gen.manual_seed(cfg.seed * 1000 + rank + 7919 * step)
             torch.manual_seed(cfg.seed + rank + 7919 * step)
+    elapsed_at_start = elapsed
     model.to(memory_format=torch.channels_last)
     ema = None
     if cfg.ema > 0:
@@ -592,7 +603,8 @@ def train(cfg: TrainConfig, resume: bool = False, max_seconds: float | None = No
                 now = time.time()
                 elapsed, t_last = elapsed + now - t_last, now
             if step % cfg.ckpt_every == 0 or step == cfg.steps or stopping:
-                save_checkpoint(ckpt_file, model, optimizer, step, cfg, elapsed, gen, ema, balance)
+                gpu_elapsed = gpu_at_start + (elapsed - elapsed_at_start if device.type != "cpu" else 0.0)
+                save_checkpoint(ckpt_file, model, optimizer, step, cfg, elapsed, gen, ema, balance, gpu_elapsed)
             if stopping:
                 stopped = stop.reason
                 log.write(json.dumps({"step": step, "stopped": stopped}) + "\n")
