@@ -99,7 +99,7 @@ def train(ctx, data_dir, out, run_dir, lambdas, n_ch, m_ch, context, channel_gro
     import torch
 
     from .network import DEFAULT_LAMBDAS, ModelConfig
-    from .train import TrainConfig, check_level_weights, checkpoint_path, prior_gpu_seconds
+    from .train import TrainConfig, check_level_weights, checkpoint_path
     from .train import train as run_training
 
     name = out.stem if out else "model"
@@ -113,8 +113,6 @@ def train(ctx, data_dir, out, run_dir, lambdas, n_ch, m_ch, context, channel_gro
         if not ckpt.exists():
             raise VaecodecError(f"nothing to resume in {run_dir} (no last.pt)")
         saved = torch.load(ckpt, map_location="cpu", weights_only=False)["train_config"]
-        # checkpoints from before GPU seconds were recorded: infer them now, not the dataclass's 0
-        saved.setdefault("prior_gpu_seconds", prior_gpu_seconds(saved))
         cfg = TrainConfig(**{**saved, "lambdas": tuple(saved["lambdas"]),
                              "channel_groups": tuple(saved.get("channel_groups", ()))})
         for key in TRAIN_OPTIONS:  # options given explicitly on this command line win

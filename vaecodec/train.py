@@ -55,7 +55,7 @@ class TrainConfig:
     init: str | None = None  # weights to start from (checkpoint or shipped model)
     prior_steps: int = 0  # training the --init weights had already had (counted in exported cards)
     prior_seconds: float = 0.0
-    prior_gpu_seconds: float = 0.0  # of prior_seconds, those spent on a GPU (cards name them apart)
+    prior_gpu_seconds: float | None = None  # of prior_seconds, those on a GPU; None: not recorded (older runs)
     balance_levels: bool = False  # weight each lambda level's loss by 1/(its running mean): see LevelBalance
     level_weights: tuple[float, ...] = ()  # how often each lambda level is drawn, relative; (): uniform
 
@@ -225,7 +225,7 @@ def _ran_on_gpu(tc: dict) -> bool:
 def prior_gpu_seconds(tc: dict) -> float:
     """GPU seconds of a run's --init weights. Runs from before the field was recorded: read from the init file
     when it is still there (a GPU run followed by a CPU continuation), else none."""
-    if "prior_gpu_seconds" in tc:
+    if tc.get("prior_gpu_seconds") is not None:
         return float(tc["prior_gpu_seconds"])
     init = tc.get("init")
     if not init or not Path(init).is_file():
