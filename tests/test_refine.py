@@ -51,8 +51,9 @@ def test_refinement_lowers_the_rate_distortion_objective(shipped_codec, quality)
     y = refine_tiled(shipped_codec.net, shipped_codec._padded(rgb), y0, pos, 8, 48)
     assert y.shape == y0.shape and not torch.equal(y, y0)
     # the better the model, the less a search finds: 1.75% at q20 with the 12,400-step hp2, 0.67% at 15,243,
-    # 0.39% at 189,217 (the objective is deterministic, so any drop is the search's, not noise)
-    assert _objective(shipped_codec, rgb, y, quality) < _objective(shipped_codec, rgb, y0, quality) * 0.998
+    # 0.39% at 189,217, 0.16% at 215,164 (2.1% at q90; the objective is deterministic, so any drop is the
+    # search's, not noise, and a search that did nothing or made it worse fails here)
+    assert _objective(shipped_codec, rgb, y, quality) < _objective(shipped_codec, rgb, y0, quality) * 0.999
     assert all(p.grad is None for p in shipped_codec.net.parameters())  # the model itself is untouched
 
 
